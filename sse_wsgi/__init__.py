@@ -1,0 +1,22 @@
+"""sse_wsgi: HTTP Server-Sent Events for any WSGI application."""
+
+from __future__ import annotations
+
+from .errors import BrokerUnavailable, PublisherClosed
+from .event import Event
+from .middleware import SSEMiddleware
+from .publisher import DEFAULT_CHANNEL, HISTORY_LOST_EVENT, Publisher, Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "HISTORY_LOST_EVENT",
+    "BrokerUnavailable",
+    "Event",
+    "Publisher",
+    "PublisherClosed",
+    "SSEMiddleware",
+    "Subscription",
+    "__version__",
+]

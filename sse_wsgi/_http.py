@@ -1,0 +1,96 @@
+"""HTTP details shared by the middleware and the response classes."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+__all__ = [
+    "STREAM_HEADERS",
+    "HOP_BY_HOP",
+    "BadRequest",
+    "decode_wsgi_text",
+    "query_params",
+    "check_channel_name",
+    "last_event_id",
+]
+
+#: Headers of every event stream (no hop-by-hop header: WSGI forbids them).
+STREAM_HEADERS: list[tuple[str, str]] = [
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),  # nginx: do not buffer this response
+]
+
+#: Header names a WSGI application must never send (PEP 3333).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+MAX_CHANNEL_NAME = 200  # characters
+MAX_LAST_EVENT_ID = 256  # characters; longer ones are ignored as malformed
+MAX_QUERY_FIELDS = 1000
+
+
+class BadRequest(ValueError):
+    """A request the client must fix; the message is the short body of the 400."""
+
+
+def decode_wsgi_text(value: str) -> str:
+    """Decode a WSGI native string (bytes as latin-1) as UTF-8; raise :class:`BadRequest` if not UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadRequest("the request is not valid UTF-8") from None
+
+
+def query_params(query_string: str) -> list[tuple[str, str]]:
+    """Parse a raw ``QUERY_STRING`` strictly: its bytes and its %-escapes must be UTF-8."""
+    text = decode_wsgi_text(query_string)
+    try:
+        return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_QUERY_FIELDS)
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8") from None
+    except ValueError:
+        raise BadRequest("too many query parameters") from None
+
+
+def check_channel_name(name: str) -> str:
+    """Return *name* if it is a valid channel name; raise :class:`BadRequest` otherwise.
+
+    U+FFFD is refused too: some servers (werkzeug's) put it in place of
+    bytes that are not UTF-8.
+    """
+    if not name:
+        raise BadRequest("a channel name must not be empty")
+    if len(name) > MAX_CHANNEL_NAME:
+        raise BadRequest(f"a channel name must be at most {MAX_CHANNEL_NAME} characters")
+    if "\ufffd" in name:
+        raise BadRequest("a channel name must be valid UTF-8")
+    return name
+
+
+def last_event_id(header: str | None, query: list[tuple[str, str]]) -> str | None:
+    """The id to resume after: the ``Last-Event-ID`` header, else a ``lastEventId`` query parameter.
+
+    A value that is not UTF-8, too long, or holds CR, LF or NUL is ignored.
+    """
+    value: str | None = None
+    if header:
+        try:
+            value = decode_wsgi_text(header)
+        except BadRequest:
+            value = None
+    if value is None:
+        value = next((v for k, v in query if k == "lastEventId" and v), None)
+    if value is None or len(value) > MAX_LAST_EVENT_ID or any(c in value for c in "\r\n\0"):
+        return None
+    return value

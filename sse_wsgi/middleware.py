@@ -1,0 +1,239 @@
+"""SSEMiddleware: serve event streams on the configured path(s) of any WSGI app."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+from ._http import STREAM_HEADERS, BadRequest, check_channel_name, decode_wsgi_text, last_event_id, query_params
+from .event import Event, check_retry
+from ._validate import check_count, check_seconds
+from .publisher import DEFAULT_CHANNEL, Publisher
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["SSEMiddleware"]
+
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+_PREFLIGHT_HEADERS = "Accept, Authorization, Cache-Control, Last-Event-ID, X-Requested-With"
+_PREFLIGHT_MAX_AGE = "600"  # seconds
+# A stream refused by max_subscribers tells the browser to come back after a
+# random delay in this range (milliseconds), so refused clients spread out.
+_SHED_RETRY_MS = (5_000, 15_000)
+
+
+def _text_response(status: str, body: str, extra: Sequence[tuple[str, str]] = ()) -> tuple[str, list, bytes]:
+    data = body.encode("utf-8")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))), *extra]
+    return status, headers, data
+
+
+_FORBIDDEN = _text_response("403 Forbidden", "Forbidden\n")
+_NOT_ALLOWED = _text_response("405 Method Not Allowed", "Method not allowed\n", [("Allow", ALLOWED_METHODS)])
+_CLOSED = _text_response("503 Service Unavailable", "The event publisher is closed\n")
+
+
+class SSEMiddleware:
+    """Serve event streams on *path*, and hand every request ``environ["sse.publisher"]``.
+
+    ``GET {path}?channel=a&channel=b`` streams channels ``a`` and ``b`` (the
+    ``"default channel"`` when none is named); ``GET {path}/{name}`` streams
+    the one URL-decoded channel *name*. Every other request goes to *app*.
+
+    :param app: the wrapped WSGI application.
+    :param publisher: the :class:`Publisher`; ``None`` creates an in-memory one.
+    :param path: the events path, or a list of path prefixes.
+    :param authorize: ``authorize(environ, channels)``; false gives ``403``.
+    :param properties: ``properties(environ)`` gives the subscriber's properties.
+    :param heartbeat: seconds between keep-alive comments on an idle stream.
+    :param retry: reconnection delay (ms) sent at the start of every stream.
+    :param cors_origins: origins allowed to subscribe cross-origin, with
+        credentials; ``"*"`` allows any.
+    :param max_channels: the most channels one stream may ask for.
+    :param max_subscribers: the most open streams; beyond it a client gets a
+        stream that only carries a ``retry:`` hint and ends.
+    :param max_lifetime: seconds after which a stream ends normally (the
+        browser resumes by id); ``None`` for no limit.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        publisher: Publisher | None = None,
+        path: str | Sequence[str] = "/events",
+        *,
+        authorize: Callable[[WSGIEnvironment, tuple[str, ...]], Any] | None = None,
+        properties: Callable[[WSGIEnvironment], Any] | None = None,
+        heartbeat: float | None = 15.0,
+        retry: int | None = None,
+        cors_origins: str | Iterable[str] = (),
+        max_channels: int = 32,
+        max_subscribers: int | None = None,
+        max_lifetime: float | None = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI callable, not {app!r}")
+        if publisher is not None and not isinstance(publisher, Publisher):
+            raise TypeError(f"publisher must be a sse_wsgi.Publisher or None, not {type(publisher).__name__}")
+        for name, hook in (("authorize", authorize), ("properties", properties)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable or None, not {hook!r}")
+        check_seconds("heartbeat", heartbeat)
+        check_seconds("max_lifetime", max_lifetime)
+        check_retry(retry)
+        check_count("max_channels", max_channels)
+        if max_subscribers is not None:
+            check_count("max_subscribers", max_subscribers)
+        self.app = app
+        self.publisher = publisher if publisher is not None else Publisher()
+        self.paths = _normalize_paths(path)
+        self.authorize = authorize
+        self.properties = properties
+        self.heartbeat = heartbeat
+        self.retry = retry
+        self.cors_origins = _normalize_origins(cors_origins)
+        self.max_channels = max_channels
+        self.max_subscribers = max_subscribers
+        self.max_lifetime = max_lifetime
+        self._opening = Event(retry=retry) if retry is not None else Event(comment="stream open")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ["sse.publisher"] = self.publisher
+        target = self._match(environ.get("PATH_INFO", ""))
+        if target is None:
+            return self.app(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "GET")
+        cors = self._cors_headers(environ)
+        if method == "OPTIONS":
+            return self._preflight(environ, start_response, cors)
+        if method not in ("GET", "HEAD"):
+            return _answer(start_response, _NOT_ALLOWED, cors)
+        try:
+            channels = self._channels(target, environ)
+        except BadRequest as error:
+            return _answer(start_response, _text_response("400 Bad Request", f"Bad request: {error}\n"), cors)
+        if cors is None:
+            return _answer(start_response, _FORBIDDEN, [])
+        if self.authorize is not None and not self.authorize(environ, channels):
+            return _answer(start_response, _FORBIDDEN, cors)
+        if self.publisher.closed:
+            return _answer(start_response, _CLOSED, cors)
+        headers = STREAM_HEADERS + cors
+        if method == "HEAD":
+            start_response("200 OK", headers)
+            return []
+        if self.max_subscribers is not None and self.publisher.subscription_count >= self.max_subscribers:
+            self.publisher._count_refused()
+            start_response("200 OK", headers)
+            return [Event(retry=random.randint(*_SHED_RETRY_MS)).encode()]
+        return self._stream(environ, start_response, channels, headers)
+
+    def _stream(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        channels: tuple[str, ...],
+        headers: list[tuple[str, str]],
+    ) -> Iterable[bytes]:
+        query = query_params(environ.get("QUERY_STRING", ""))
+        environ["eventlet.minimum_write_chunk_size"] = 0  # eventlet.wsgi buffers 4 KiB otherwise
+        subscription = self.publisher.subscribe(
+            channels,
+            properties=self.properties(environ) if self.properties is not None else None,
+            initial_data=[self._opening],
+            last_event_id=last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query),
+            heartbeat=self.heartbeat,
+            max_lifetime=self.max_lifetime,
+            client_disconnected=environ.get("waitress.client_disconnected"),
+        )
+        start_response("200 OK", headers)
+        return subscription
+
+    def _match(self, path_info: str) -> tuple[str, str | None] | None:
+        """``(prefix, None)`` for the query form, ``(prefix, raw name)`` for ``{path}/{name}``."""
+        for prefix in self.paths:
+            if path_info == prefix:
+                return prefix, None
+            if path_info.startswith(prefix + "/"):
+                return prefix, path_info[len(prefix) + 1 :]
+        return None
+
+    def _channels(self, target: tuple[str, str | None], environ: WSGIEnvironment) -> tuple[str, ...]:
+        _, raw_name = target
+        if raw_name is not None:
+            return (check_channel_name(decode_wsgi_text(raw_name)),)
+        query = query_params(environ.get("QUERY_STRING", ""))
+        names = list(dict.fromkeys(value for key, value in query if key == "channel"))
+        if len(names) > self.max_channels:
+            raise BadRequest(f"at most {self.max_channels} channels per stream")
+        return tuple(check_channel_name(name) for name in names) or (DEFAULT_CHANNEL,)
+
+    def _cors_headers(self, environ: WSGIEnvironment) -> list[tuple[str, str]] | None:
+        """CORS headers for this request; ``None`` when its origin may not subscribe."""
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None:
+            return []
+        if self.cors_origins == "*" or origin in self.cors_origins:
+            return [
+                ("Access-Control-Allow-Origin", origin),
+                ("Access-Control-Allow-Credentials", "true"),
+                ("Vary", "Origin"),
+            ]
+        return [] if _is_same_origin(origin, environ) else None
+
+    def _preflight(
+        self, environ: WSGIEnvironment, start_response: StartResponse, cors: list[tuple[str, str]] | None
+    ) -> Iterable[bytes]:
+        headers = [("Allow", ALLOWED_METHODS), ("Content-Length", "0")]
+        if cors and environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"):
+            headers += cors + [
+                ("Access-Control-Allow-Methods", ALLOWED_METHODS),
+                ("Access-Control-Allow-Headers", _PREFLIGHT_HEADERS),
+                ("Access-Control-Max-Age", _PREFLIGHT_MAX_AGE),
+            ]
+        start_response("204 No Content", headers)
+        return []
+
+
+def _answer(
+    start_response: StartResponse, response: tuple[str, list, bytes], extra: Sequence[tuple[str, str]] | None
+) -> list[bytes]:
+    status, headers, body = response
+    start_response(status, headers + list(extra or ()))
+    return [body]
+
+
+def _normalize_paths(path: str | Sequence[str]) -> tuple[str, ...]:
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths:
+        raise ValueError("path must name at least one events path")
+    for item in paths:
+        if not isinstance(item, str):
+            raise TypeError(f"path must be a str or a list of str, not {type(item).__name__}: {item!r}")
+        if not item.startswith("/") or item == "/":
+            raise ValueError(f"an events path must start with '/' and not be the root: {item!r}")
+    # Longest first, so that "/events/admin" wins over "/events".
+    return tuple(sorted((p.rstrip("/") for p in paths), key=len, reverse=True))
+
+
+def _normalize_origins(origins: str | Iterable[str]) -> str | frozenset[str]:
+    if origins == "*":
+        return "*"
+    if isinstance(origins, str):
+        origins = [origins]
+    normalized = frozenset(origins)
+    for origin in normalized:
+        if not isinstance(origin, str) or "://" not in origin or origin.endswith("/"):
+            raise ValueError(f"cors_origins entries must be origins like 'https://example.com': {origin!r}")
+    return normalized
+
+
+def _is_same_origin(origin: str, environ: WSGIEnvironment) -> bool:
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme == environ.get("wsgi.url_scheme", "http") and parts.netloc.lower() == host.lower()

@@ -1,0 +1,471 @@
+"""Publish events to channels and stream them to subscribers: :class:`Publisher`, :class:`Subscription`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from .broker import Broker, Message, Record, Replay
+from .errors import BrokerUnavailable, PublisherClosed
+from .event import Event, Serializer, json_serializer
+from .memory import MemoryBroker
+from ._validate import check_count, check_seconds
+
+__all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHANNEL = "default channel"
+
+#: The event type a resuming subscriber gets first when events after its
+#: ``Last-Event-ID`` are no longer in the history. Its data is JSON:
+#: ``{"last_event_id": "<the id asked for>", "oldest_id": "<oldest kept>"}``.
+HISTORY_LOST_EVENT = "history-lost"
+
+HEARTBEAT = Event(comment="keep-alive").encode()
+
+# How often a stream asks the server whether its client is gone, when the
+# server offers a way to ask (waitress's ``waitress.client_disconnected``).
+_DISCONNECT_POLL = 1.0  # seconds
+
+
+def normalize_channels(channel: str | Iterable[str]) -> tuple[str, ...]:
+    """Turn a channel name or an iterable of names into a tuple of unique names."""
+    names = (channel,) if isinstance(channel, str) else channel
+    try:
+        channels = tuple(dict.fromkeys(names))
+    except TypeError:
+        raise TypeError(f"channel must be a str or a list of str, not {type(channel).__name__}: {channel!r}") from None
+    if not channels:
+        raise ValueError("channel must name at least one channel")
+    for name in channels:
+        if not isinstance(name, str):
+            raise TypeError(f"channel names must be str, not {type(name).__name__}: {name!r}")
+        if not name:
+            raise ValueError("channel names must not be empty")
+    return channels
+
+
+class Publisher:
+    """Publish events to named channels; hand subscribers an iterator of encoded events.
+
+    :param broker: where events are numbered, kept and carried; ``None``
+        uses a :class:`~sse_wsgi.memory.MemoryBroker` (this process only).
+    :param history: events kept per channel for ``Last-Event-ID``
+        resumption, for the default in-memory broker (a broker passed in
+        keeps its own history).
+    :param queue_size: chunks queued for one subscriber before it counts as
+        too slow and is disconnected (it then resumes from history).
+    :param serializer: turns non-``str`` data into text; compact JSON by
+        default.
+
+    A publisher is thread-safe and cooperative under gevent and eventlet
+    monkey-patching.
+    """
+
+    def __init__(
+        self,
+        broker: Broker | None = None,
+        *,
+        history: int = 1000,
+        queue_size: int = 1000,
+        serializer: Serializer | None = None,
+    ) -> None:
+        check_count("queue_size", queue_size)
+        if serializer is not None and not callable(serializer):
+            raise TypeError(f"serializer must be a callable returning str, not {serializer!r}")
+        self._broker: Broker = MemoryBroker(history) if broker is None else broker
+        self._serializer: Serializer = serializer or json_serializer
+        self._queue_size = queue_size
+        self._lock = threading.Lock()
+        self._channels: dict[str, dict[Subscription, None]] = {}
+        self._closed = False
+        self._subscription_count = 0
+        self._published = 0
+        self._delivered = 0
+        self._cut_off = 0
+        self._refused = 0
+        self._broker.start(self._deliver)
+
+    @classmethod
+    def from_url(cls, url: str, *, history: int = 1000, **kwargs: Any) -> Publisher:
+        """A publisher on the Redis server at *url* (``redis://host:6379/0``).
+
+        Needs the ``sse-wsgi[redis]`` extra. Other keyword arguments go to
+        :class:`Publisher`.
+        """
+        from .redis import RedisBroker
+
+        return cls(RedisBroker.from_url(url, history=history), **kwargs)
+
+    @property
+    def broker(self) -> Broker:
+        """The broker this publisher runs on."""
+        return self._broker
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def subscription_count(self) -> int:
+        """How many subscriptions are registered now."""
+        return self._subscription_count
+
+    # -- subscribing ---------------------------------------------------------
+
+    def subscribe(
+        self,
+        channel: str | Iterable[str] = DEFAULT_CHANNEL,
+        properties: Any = None,
+        initial_data: Iterable[Any] = (),
+        last_event_id: str | None = None,
+        heartbeat: float | None = None,
+        *,
+        max_lifetime: float | None = None,
+        client_disconnected: Callable[[], bool] | None = None,
+    ) -> Subscription:
+        """Subscribe to *channel* (a name or a list of names); the subscriber is registered on return.
+
+        :param properties: this subscriber's properties, passed to callable data.
+        :param initial_data: items sent first: an :class:`Event` as it is,
+            anything else as the data of an event.
+        :param last_event_id: resume after this id: the events since then
+            still in history come first, in order, with no gap and no
+            duplicate before the live ones. When some are no longer kept, a
+            :data:`HISTORY_LOST_EVENT` event comes first. A malformed id is
+            ignored.
+        :param heartbeat: seconds without events after which a comment chunk
+            is sent (it is what reveals a vanished client); ``None`` for none.
+        :param max_lifetime: seconds after which the stream ends normally (the
+            browser reconnects and resumes by id); ``None`` for no limit.
+        :param client_disconnected: a callable the stream polls to learn that
+            the client has gone (a server's own signal, as waitress offers).
+        """
+        channels = normalize_channels(channel)
+        check_seconds("heartbeat", heartbeat)
+        check_seconds("max_lifetime", max_lifetime)
+        if last_event_id is not None and not isinstance(last_event_id, str):
+            raise TypeError(f"last_event_id must be a str or None, not {type(last_event_id).__name__}")
+        if client_disconnected is not None and not callable(client_disconnected):
+            raise TypeError(f"client_disconnected must be callable or None, not {client_disconnected!r}")
+        if isinstance(initial_data, (str, bytes)):
+            raise TypeError("initial_data must be a list of items, not a single str or bytes")
+        initial = [self._encode_initial(item) for item in initial_data]
+        subscription = Subscription(
+            self, channels, properties, initial, heartbeat, max_lifetime, client_disconnected, self._queue_size
+        )
+        with self._lock:
+            if self._closed:
+                raise PublisherClosed("this Publisher is closed: create a new one to subscribe")
+            for name in channels:
+                self._channels.setdefault(name, {})[subscription] = None
+            subscription._registered = True
+            self._subscription_count += 1
+        if last_event_id is not None:
+            self._prime(subscription, last_event_id)
+        return subscription
+
+    def _encode_initial(self, item: Any) -> bytes:
+        if isinstance(item, Event):
+            return item.encode(self._serializer)
+        return Event(item).encode(self._serializer)
+
+    def _prime(self, subscription: Subscription, last_event_id: str) -> None:
+        try:
+            replay = self._broker.replay(subscription.channels, last_event_id)
+        except BrokerUnavailable:
+            logger.warning("history unavailable, cannot resume after id %r", last_event_id)
+            replay = Replay([], lost=True)
+        if replay is None:
+            return  # a malformed id: live events only
+        chunks = []
+        if replay.lost:
+            lost = {"last_event_id": last_event_id, "oldest_id": replay.oldest_id}
+            chunks.append(Event(json.dumps(lost), event=HISTORY_LOST_EVENT).encode())
+        for record in replay.records:
+            chunk = self._chunk_for(subscription, record)
+            if chunk is not None:
+                chunks.append(chunk)
+        subscription._replayed(chunks, replay.records[-1].seq if replay.records else None)
+
+    def _unregister(self, subscription: Subscription) -> None:
+        with self._lock:
+            if not subscription._registered:
+                return
+            subscription._registered = False
+            self._subscription_count -= 1
+            for name in subscription.channels:
+                subscribers = self._channels.get(name)
+                if subscribers is not None:
+                    subscribers.pop(subscription, None)
+                    if not subscribers:
+                        del self._channels[name]
+
+    def get_subscribers(self, channel: str | Iterable[str] = DEFAULT_CHANNEL) -> Iterator[Subscription]:
+        """Iterate over the subscribers of *channel* (each once), with ``.properties`` and ``.channels``."""
+        channels = normalize_channels(channel)
+        with self._lock:
+            found = dict.fromkeys(s for name in channels for s in self._channels.get(name, ()))
+        return iter(list(found))
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(
+        self,
+        data: Any,
+        channel: str | Iterable[str] = DEFAULT_CHANNEL,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        """Publish *data* to *channel* (a name or a list of names); return the event's id.
+
+        A ``str`` is sent as it is, other values through the serializer. If
+        *data* is callable, each subscriber gets ``data(properties)``, and
+        none when that returns ``None`` (in-memory broker only). Without
+        *id*, the broker assigns increasing ids. A subscriber of several of
+        the channels gets the event once.
+        """
+        channels = normalize_channels(channel)
+        Event(event=event, id=id, retry=retry)  # validates the fields, raising on bad ones
+        if self._closed:
+            raise PublisherClosed("this Publisher is closed: create a new one to publish")
+        if callable(data):
+            if self._broker.cross_process:
+                raise TypeError(
+                    "callable data cannot cross processes with this broker: publish the data itself, "
+                    "to a per-subscriber channel (e.g. channel=f'user:{user_id}') when it differs"
+                )
+            payload = data
+        elif isinstance(data, str):
+            payload = data
+        else:
+            payload = self._serializer(data)
+            if not isinstance(payload, str):
+                raise TypeError(f"the serializer must return a str, not {type(payload).__name__}")
+        return self._broker.publish(Message(channels, payload, event, id, retry))
+
+    def _deliver(self, record: Record) -> None:
+        """Queue *record* for every local subscriber of its channels (the broker's callback)."""
+        with self._lock:
+            if len(record.channels) == 1:
+                subscribers = list(self._channels.get(record.channels[0], ()))
+            else:
+                subscribers = list(dict.fromkeys(s for n in record.channels for s in self._channels.get(n, ())))
+        self._published += 1
+        shared = record.chunk
+        for subscription in subscribers:
+            chunk = shared if shared is not None else self._chunk_for(subscription, record)
+            if chunk is None:
+                continue
+            if subscription._put(record.seq, chunk):
+                self._delivered += 1
+            else:
+                self._cut_off += 1
+                logger.info("subscriber of %s cut off: %d events queued", subscription.channels, self._queue_size)
+                subscription._end(drop_queued=True)
+                self._unregister(subscription)
+
+    def _chunk_for(self, subscription: Subscription, record: Record) -> bytes | None:
+        """The encoded record for *subscription*; ``None`` when it gets nothing."""
+        if record.chunk is not None:
+            return record.chunk
+        try:
+            value = record.data(subscription.properties)
+        except Exception:  # a user callable: one subscriber's failure must not stop the others
+            logger.exception("callable data raised for subscriber properties %r", subscription.properties)
+            return None
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else self._serializer(value)
+        return Event(text, event=record.event, id=record.id, retry=record.retry).encode()
+
+    # -- operations ----------------------------------------------------------
+
+    def _count_refused(self) -> None:
+        with self._lock:
+            self._refused += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Figures about this publisher, as a plain dict.
+
+        ``subscribers`` (per channel), ``subscriptions``, ``events_published``
+        (received from the broker), ``events_delivered`` (queued to
+        subscribers), ``slow_subscribers_cut``, ``streams_refused``,
+        ``closed``, plus the broker's figures (``broker``, ``history_size``,
+        ``first_id``, ``last_id``; for Redis also the connection state and
+        the last id seen).
+        """
+        with self._lock:
+            per_channel = {name: len(subscribers) for name, subscribers in self._channels.items()}
+            unique = self._subscription_count
+        figures: dict[str, Any] = {
+            "subscribers": per_channel,
+            "subscriptions": unique,
+            "events_published": self._published,
+            "events_delivered": self._delivered,
+            "slow_subscribers_cut": self._cut_off,
+            "streams_refused": self._refused,
+            "closed": self._closed,
+        }
+        figures.update(self._broker.stats())
+        return figures
+
+    def close(self) -> None:
+        """End every subscription's stream and refuse later ``subscribe``/``publish``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subscriptions = {s for subscribers in self._channels.values() for s in subscribers}
+            self._channels.clear()
+            for subscription in subscriptions:
+                subscription._registered = False
+            self._subscription_count = 0
+        for subscription in subscriptions:
+            subscription._end()
+        self._broker.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Subscription:
+    """One subscriber's stream: an iterator of ``bytes`` chunks, each one or more whole events.
+
+    Use it directly as a WSGI body or a framework's streaming response. It
+    is registered from creation; :meth:`close` unregisters it (the WSGI
+    server calls it when the client goes away), also when it was never
+    iterated. It is a context manager. One thread (or greenlet) iterates it.
+
+    :ivar channels: the channels subscribed to.
+    :ivar properties: the properties given to ``subscribe``.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        channels: tuple[str, ...],
+        properties: Any,
+        initial: list[bytes],
+        heartbeat: float | None,
+        max_lifetime: float | None,
+        client_disconnected: Callable[[], bool] | None,
+        queue_size: int,
+    ) -> None:
+        self.channels = channels
+        self.properties = properties
+        self._publisher = publisher
+        self._pending = initial
+        self._queue: deque[tuple[Any, bytes]] = deque()
+        self._queue_size = queue_size
+        self._wake = threading.Event()
+        self._skip_through: Any = None  # seq of the last replayed record, while live ones may repeat it
+        self._heartbeat = heartbeat
+        self._deadline = None if max_lifetime is None else time.monotonic() + max_lifetime
+        self._client_disconnected = client_disconnected
+        self._last_sent = time.monotonic()
+        self._registered = False
+        self._ended = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Subscription channels={self.channels!r} closed={self._closed}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription is closed (unregistered)."""
+        return self._closed
+
+    def _put(self, seq: Any, chunk: bytes) -> bool:
+        """Queue a chunk; ``False`` when the queue is full (the subscriber is too slow)."""
+        if len(self._queue) >= self._queue_size:
+            return False
+        self._queue.append((seq, chunk))
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def _replayed(self, chunks: list[bytes], last_seq: Any) -> None:
+        self._pending.extend(chunks)
+        self._skip_through = last_seq
+
+    def _end(self, *, drop_queued: bool = False) -> None:
+        """End the stream normally after what is queued (or at once, dropping it)."""
+        self._ended = True
+        if drop_queued:
+            self._queue.clear()
+        self._wake.set()
+
+    def _take(self) -> list[bytes]:
+        chunks, self._pending = self._pending, []
+        queue = self._queue
+        while queue:
+            seq, chunk = queue.popleft()
+            if self._skip_through is not None:
+                if seq <= self._skip_through:
+                    continue  # already sent from history
+                self._skip_through = None
+            chunks.append(chunk)
+        return chunks
+
+    def _wait_seconds(self, now: float) -> float | None:
+        waits = []
+        if self._heartbeat is not None:
+            waits.append(self._last_sent + self._heartbeat - now)
+        if self._deadline is not None:
+            waits.append(self._deadline - now)
+        if self._client_disconnected is not None:
+            waits.append(_DISCONNECT_POLL)
+        return max(0.0, min(waits)) if waits else None
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> bytes:
+        while not self._closed:
+            chunks = self._take()
+            if chunks:
+                self._last_sent = time.monotonic()
+                return b"".join(chunks)
+            if self._ended:
+                break
+            now = time.monotonic()
+            if self._deadline is not None and now >= self._deadline:
+                break
+            if self._client_disconnected is not None and self._client_disconnected():
+                break
+            if self._heartbeat is not None and now - self._last_sent >= self._heartbeat:
+                self._last_sent = now
+                return HEARTBEAT
+            self._wake.clear()
+            if self._queue or self._ended or self._closed:
+                continue
+            self._wake.wait(self._wait_seconds(now))
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Unregister and end the stream; safe to call more than once, from any thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._publisher._unregister(self)
+        self._queue.clear()
+        self._wake.set()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,53 @@
+"""A bare WSGI app wrapped in SSEMiddleware, for the live-server tests.
+
+``POST /publish?channel=NAME`` publishes the request body (UTF-8 text) and
+answers the event id; ``GET /stats`` answers ``publisher.stats()`` as JSON.
+Settings come from the environment: ``SSE_HEARTBEAT`` (seconds),
+``SSE_MAX_LIFETIME`` (seconds), ``SSE_REDIS_URL`` (use the Redis broker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import parse_qs
+
+from sse_wsgi import Publisher, SSEMiddleware
+
+
+def _publisher() -> Publisher:
+    url = os.environ.get("SSE_REDIS_URL")
+    return Publisher.from_url(url) if url else Publisher()
+
+
+def inner_app(environ, start_response):
+    publisher = environ["sse.publisher"]
+    path = environ.get("PATH_INFO", "")
+    if path == "/publish" and environ["REQUEST_METHOD"] == "POST":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        data = environ["wsgi.input"].read(length).decode("utf-8")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        event_id = publisher.publish(
+            data, query.get("channel", ["default channel"]), event=query.get("event", [None])[0]
+        )
+        body = event_id.encode()
+    elif path == "/stats":
+        body = json.dumps(publisher.stats()).encode()
+    else:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _seconds(name: str, default: float | None) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+app = SSEMiddleware(
+    inner_app,
+    _publisher(),
+    heartbeat=_seconds("SSE_HEARTBEAT", 15.0),
+    max_lifetime=_seconds("SSE_MAX_LIFETIME", None),
+)
