@@ -5,13 +5,13 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 __all__ = [
-    "STREAM_HEADERS",
     "HOP_BY_HOP",
+    "STREAM_HEADERS",
     "BadRequest",
-    "decode_wsgi_text",
-    "query_params",
     "check_channel_name",
+    "decode_wsgi_text",
     "last_event_id",
+    "query_params",
 ]
 
 #: Headers of every event stream (no hop-by-hop header: WSGI forbids them).
@@ -56,7 +56,9 @@ def query_params(query_string: str) -> list[tuple[str, str]]:
     """Parse a raw ``QUERY_STRING`` strictly: its bytes and its %-escapes must be UTF-8."""
     text = decode_wsgi_text(query_string)
     try:
-        return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_QUERY_FIELDS)
+        return parse_qsl(
+            text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_QUERY_FIELDS
+        )
     except UnicodeDecodeError:
         raise BadRequest("the query string is not valid UTF-8") from None
     except ValueError:

@@ -10,12 +10,13 @@ receives them on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from .event import Event
 
-__all__ = ["Broker", "Message", "Record", "Replay", "Deliver"]
+__all__ = ["Broker", "Deliver", "Message", "Record", "Replay"]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PublisherClosed", "BrokerUnavailable"]
+__all__ = ["BrokerUnavailable", "PublisherClosed"]
 
 
 class PublisherClosed(RuntimeError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Event", "Serializer", "json_serializer", "split_lines"]
 
@@ -69,7 +70,7 @@ class Event:
     ``data:`` line, because a browser drops an event without one.
     """
 
-    __slots__ = ("data", "event", "id", "retry", "comment")
+    __slots__ = ("comment", "data", "event", "id", "retry")
 
     def __init__(
         self,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ._validate import check_count
 from .broker import Deliver, Message, Record, Replay

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._http import STREAM_HEADERS, BadRequest, check_channel_name, decode_wsgi_text, last_event_id, query_params
-from .event import Event, check_retry
 from ._validate import check_count, check_seconds
+from .event import Event, check_retry
 from .publisher import DEFAULT_CHANNEL, Publisher
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ class SSEMiddleware:
     ) -> Iterable[bytes]:
         headers = [("Allow", ALLOWED_METHODS), ("Content-Length", "0")]
         if cors and environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"):
-            headers += cors + [
+            headers += [
+                *cors,
                 ("Access-Control-Allow-Methods", ALLOWED_METHODS),
                 ("Access-Control-Allow-Headers", _PREFLIGHT_HEADERS),
                 ("Access-Control-Max-Age", _PREFLIGHT_MAX_AGE),

@@ -7,13 +7,14 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+from ._validate import check_count, check_seconds
 from .broker import Broker, Message, Record, Replay
 from .errors import BrokerUnavailable, PublisherClosed
 from .event import Event, Serializer, json_serializer
 from .memory import MemoryBroker
-from ._validate import check_count, check_seconds
 
 __all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription"]
 

@@ -10,8 +10,9 @@ import io
 import re
 import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     from .publisher import Publisher
 
-__all__ = ["ReceivedEvent", "EventStreamParser", "parse_events", "read_events"]
+__all__ = ["EventStreamParser", "ReceivedEvent", "parse_events", "read_events"]
 
 _LINE = re.compile(r"\r\n|\r|\n")
 
@@ -72,6 +73,15 @@ class EventStreamParser:
             if event is not None:
                 events.append(event)
         return events
+
+    def end(self) -> list[ReceivedEvent]:
+        """Mark the end of the stream: a CR held back as a possible CRLF half counts as a line break.
+
+        An event not followed by a blank line is still discarded, as a browser does.
+        """
+        if not self._buffer.endswith("\r"):
+            return []
+        return self.feed(b"\n")
 
     def _process_line(self, line: str) -> ReceivedEvent | None:
         if line == "":
@@ -126,7 +136,7 @@ def parse_events(data: bytes | Iterable[bytes]) -> list[ReceivedEvent]:
     """Parse a whole stream (bytes or an iterable of chunks) into the events a browser would dispatch."""
     parser = EventStreamParser()
     chunks = [data] if isinstance(data, bytes) else data
-    return [event for chunk in chunks for event in parser.feed(chunk)]
+    return [event for chunk in chunks for event in parser.feed(chunk)] + parser.end()
 
 
 def read_events(

@@ -40,8 +40,8 @@ from sse_wsgi.testing import parse_events
         pytest.param(Event(retry=3000), b"retry: 3000\n\n", id="retry alone is a control chunk"),
         pytest.param(Event(comment="keep-alive"), b": keep-alive\n\n", id="comment alone"),
         pytest.param(Event(comment="a\nb"), b": a\n: b\n\n", id="multi-line comment"),
-        pytest.param(Event("d", event="e", id="7", retry=10, comment="c"), b": c\nevent: e\nid: 7\nretry: 10\ndata: d\n\n",
-                     id="all fields"),
+        pytest.param(Event("d", event="e", id="7", retry=10, comment="c"),
+                     b": c\nevent: e\nid: 7\nretry: 10\ndata: d\n\n", id="all fields"),
     ],
 )  # fmt: skip
 def test_encode_gives_exact_bytes(event: Event, expected: bytes) -> None:
@@ -137,10 +137,15 @@ def test_testing_parser_matches_httpx_sse_on_streams(items: list[tuple[str, str 
     assert ours == theirs == [(event or "message", "\n".join(split_lines(data))) for data, event in items]
 
 
+json_values = st.recursive(
+    st.none() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=10,
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(value=st.recursive(st.none() | st.integers() | st.text(max_size=20),
-                          lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
-                          max_leaves=10))  # fmt: skip
+@given(value=json_values)
 def test_json_data_round_trips(value: object) -> None:
     [decoded] = _httpx_sse_events(Event(value).encode())
     if isinstance(value, str):

@@ -59,11 +59,11 @@ def test_events_reach_an_httpx_sse_client(server) -> None:
         assert wait_for(lambda: publisher.subscription_count == 1, 5)
         ids = [client.post(url + "/publish", content=text).text for text in ("one", "two\nlines", "ünï ✓")]
         received = [next(events) for _ in range(3)]
-    assert [(e.data, e.id) for e in received] == list(zip(["one", "two\nlines", "ünï ✓"], ids))
+    assert [(e.data, e.id) for e in received] == list(zip(["one", "two\nlines", "ünï ✓"], ids, strict=True))
 
 
 def test_resume_with_last_event_id_over_http(server) -> None:
-    url, publisher = server
+    url, _ = server
     with httpx.Client(timeout=5) as client:
         first = client.post(url + "/publish", content="before").text
         client.post(url + "/publish", content="missed 1")
@@ -85,7 +85,7 @@ def test_resume_with_last_event_id_over_http(server) -> None:
     ids=["405", "too many channels", "empty name", "long name", "bad utf-8"],
 )
 def test_bad_requests_over_http(server, method: str, path: str, status: int, body: str) -> None:
-    url, publisher = server
+    url, _ = server
     response = httpx.request(method, url + path, timeout=5)
     assert response.status_code == status
     assert body in response.text

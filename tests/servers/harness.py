@@ -119,6 +119,8 @@ class LiveServer:
         self.stop()
 
 
-def start_server(kind: str, app: str, *, env: dict[str, str] | None = None, args: list[str] | None = None) -> LiveServer:
+def start_server(
+    kind: str, app: str, *, env: dict[str, str] | None = None, args: list[str] | None = None
+) -> LiveServer:
     """Start *app* (``"module:attr"``) on server *kind* and wait until it answers."""
     return LiveServer(kind, app, env, args).start()
