@@ -29,6 +29,8 @@ HISTORY_LOST_EVENT = "history-lost"
 
 HEARTBEAT = Event(comment="keep-alive").encode()
 
+_BROKER_METHODS = ("start", "publish", "replay", "stats", "close")
+
 # How often a stream asks the server whether its client is gone, when the
 # server offers a way to ask (waitress's ``waitress.client_disconnected``).
 _DISCONNECT_POLL = 1.0  # seconds
@@ -79,6 +81,8 @@ class Publisher:
         check_count("queue_size", queue_size)
         if serializer is not None and not callable(serializer):
             raise TypeError(f"serializer must be a callable returning str, not {serializer!r}")
+        if broker is not None and not all(callable(getattr(broker, name, None)) for name in _BROKER_METHODS):
+            raise TypeError(f"broker must implement sse_wsgi.broker.Broker ({', '.join(_BROKER_METHODS)}): {broker!r}")
         self._broker: Broker = MemoryBroker(history) if broker is None else broker
         self._serializer: Serializer = serializer or json_serializer
         self._queue_size = queue_size
@@ -248,7 +252,10 @@ class Publisher:
         elif isinstance(data, str):
             payload = data
         else:
-            payload = self._serializer(data)
+            try:
+                payload = self._serializer(data)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"data must be a str or a value the serializer accepts: {error}") from error
             if not isinstance(payload, str):
                 raise TypeError(f"the serializer must return a str, not {type(payload).__name__}")
         return self._broker.publish(Message(channels, payload, event, id, retry))

@@ -454,3 +454,23 @@ def test_parse_events_of_a_subscription_matches_published(publisher: Publisher) 
     publisher.publish("a\nb", event="multi")
     events = parse_events([next(subscription)])
     assert [(e.type, e.data) for e in events] == [("multi", "a\nb")]
+
+
+def test_each_event_is_serialized_once_whatever_the_number_of_subscribers() -> None:
+    calls = []
+
+    def serializer(value: object) -> str:
+        calls.append(value)
+        return json.dumps(value)
+
+    with Publisher(serializer=serializer) as publisher:
+        subscriptions = [publisher.subscribe() for _ in range(10)]
+        publisher.publish({"n": 1})
+        assert calls == [{"n": 1}]
+        chunks = {next(s) for s in subscriptions}
+    assert chunks == {b'id: 1\ndata: {"n": 1}\n\n'}
+
+
+def test_broker_must_implement_the_protocol() -> None:
+    with pytest.raises(TypeError, match="broker must implement"):
+        Publisher(broker="redis://localhost")  # type: ignore[arg-type]
