@@ -1,0 +1,3 @@
+from sse_wsgi.cli import main
+
+raise SystemExit(main())
