@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import socketserver
 import sys
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .demo import make_app

@@ -16,7 +16,7 @@ from .publisher import Publisher
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["CHAT_CHANNEL", "CHAT_EVENT", "chat_page", "parse_message", "chat_app", "make_app"]
+__all__ = ["CHAT_CHANNEL", "CHAT_EVENT", "chat_app", "chat_page", "make_app", "parse_message"]
 
 CHAT_CHANNEL = "chat"
 CHAT_EVENT = "chat"  # the page listens with addEventListener("chat", ...)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -62,38 +65,44 @@ def test_redis_url_that_cannot_be_reached_is_a_clear_error(capsys: pytest.Captur
     assert "redis://127.0.0.1:1/0" in capsys.readouterr().err
 
 
-@pytest.mark.integration
-def test_python_m_sse_wsgi_serves_page_and_chat() -> None:
+@contextmanager
+def run_demo(args: list[str]) -> Iterator[str]:
+    """Run ``python -m sse_wsgi`` on a free port; yield its base URL; stop it with Ctrl-C (SIGINT)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sse_wsgi", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "sse_wsgi", "--host", "127.0.0.1", "--port", "0", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], name="test-cli-out", daemon=True).start()
     try:
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", lines.get(timeout=15))
         assert match, "the demo did not say where to point the browser"
-        base = match.group(0).rstrip("/")
-        with httpx.Client(timeout=5) as client:
-            page = client.get(base + "/")
-            assert page.status_code == 200 and "new EventSource(" in page.text
-            with client.stream("GET", base + "/events?channel=chat") as stream:
-                chunks = stream.iter_raw()
-                parser = EventStreamParser()
-                parser.feed(next(chunks))
-                sent = client.post(base + "/send", json={"name": "ann", "text": "héllo\nworld"})
-                assert sent.status_code == 200
-                events = []
-                while not events:
-                    events = parser.feed(next(chunks))
-            assert client.post(base + "/send", content=b"not json").status_code == 400
-        assert (events[0].type, events[0].last_event_id) == ("chat", sent.text)
-        assert events[0].data == '{"name":"ann","text":"héllo\\nworld"}'
+        yield match.group(0).rstrip("/")
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
         proc.stdout.close()
+
+
+@pytest.mark.integration
+def test_python_m_sse_wsgi_serves_page_and_chat() -> None:
+    with run_demo([]) as base, httpx.Client(timeout=5) as client:
+        page = client.get(base + "/")
+        assert page.status_code == 200 and "new EventSource(" in page.text
+        with client.stream("GET", base + "/events?channel=chat") as stream:
+            chunks = stream.iter_raw()
+            parser = EventStreamParser()
+            parser.feed(next(chunks))
+            sent = client.post(base + "/send", json={"name": "ann", "text": "héllo\nworld"})
+            assert sent.status_code == 200
+            events = []
+            while not events:
+                events = parser.feed(next(chunks))
+        assert client.post(base + "/send", content=b"not json").status_code == 400
+    assert (events[0].type, events[0].last_event_id) == ("chat", sent.text)
+    assert json.loads(events[0].data) == {"name": "ann", "text": "héllo\nworld"}
 
 
 def test_demo_app_publishes_posted_messages() -> None:

@@ -1,0 +1,285 @@
+"""The Redis broker against a real redis-server: processes share events, ids and history; faults lose nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sse_wsgi import HISTORY_LOST_EVENT, BrokerUnavailable, Publisher, Subscription
+from sse_wsgi.redis import RedisBroker
+from sse_wsgi.testing import EventStreamParser, ReceivedEvent
+from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.servers.harness import start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+
+class Reader:
+    """Reads a subscription (or an HTTP stream's chunks) in a named thread and collects its events."""
+
+    def __init__(self, chunks, name: str = "test-redis-reader") -> None:
+        self.events: list[ReceivedEvent] = []
+        self.ended = threading.Event()
+        self._parser = EventStreamParser()
+        self._chunks = chunks
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._chunks:
+                self.events.extend(self._parser.feed(chunk))
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.ended.set()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedEvent]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.events) >= count, f"{len(self.events)} of {count} events: {self.events}"
+        return self.events[:count]
+
+
+@pytest.fixture
+def publishers(redis_server: RedisServer) -> Iterator[list[Publisher]]:  # noqa: F811
+    """Two publishers on the same Redis, as two worker processes would have."""
+    made = [Publisher.from_url(redis_server.url), Publisher.from_url(redis_server.url)]
+    yield made
+    for publisher in made:
+        publisher.close()
+
+
+def stream_seq(event_id: str) -> tuple[int, int]:
+    ms, n = event_id.split("-")
+    return int(ms), int(n)
+
+
+def test_an_event_published_by_one_publisher_reaches_the_other(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    local = Reader(here.subscribe("chat"))
+    remote = Reader(there.subscribe("chat"))
+    event_id = there.publish({"text": "hi"}, "chat", event="message")
+    for reader in (local, remote):
+        [event] = reader.wait_for(1)
+        assert (event.data, event.last_event_id) == ('{"text":"hi"}', event_id)
+
+
+def test_ids_are_global_and_increasing(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    ids = [(here if n % 2 else there).publish(str(n)) for n in range(20)]
+    assert [stream_seq(i) for i in ids] == sorted(stream_seq(i) for i in ids)
+    assert len(set(ids)) == 20
+
+
+def test_event_on_several_channels_is_delivered_once(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    reader = Reader(here.subscribe(["a", "b"]))
+    there.publish("both", ["a", "b"])
+    there.publish("end", "b")
+    time.sleep(0.3)
+    assert [e.data for e in reader.wait_for(2)] == ["both", "end"]
+    assert len(reader.events) == 2
+
+
+def test_resume_from_history_across_processes_in_order(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    first = there.publish("a1", "a")
+    there.publish("c1", "c")
+    there.publish("b1", "b")
+    there.publish("custom", "a", id="my-id")
+    there.publish("a2", "a")
+    resumed = Reader(here.subscribe(["a", "b"], last_event_id=first))
+    there.publish("live", "b")
+    assert [e.data for e in resumed.wait_for(4)] == ["b1", "custom", "a2", "live"]
+    from_custom = Reader(here.subscribe("a", last_event_id="my-id"))
+    assert [e.data for e in from_custom.wait_for(1)] == ["a2"]
+
+
+def test_resume_while_another_process_publishes_has_no_gap_and_no_duplicate(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    start = there.publish("0")
+    done = threading.Event()
+
+    def produce() -> None:
+        for n in range(1, 300):
+            there.publish(str(n))
+        done.set()
+
+    threading.Thread(target=produce, name="test-producer").start()
+    readers = []
+    while not done.is_set():
+        readers.append(Reader(here.subscribe(last_event_id=start)))
+        time.sleep(0.01)
+    for reader in readers:
+        assert [int(e.data) for e in reader.wait_for(299)] == list(range(1, 300))
+
+
+def test_trimmed_history_gives_the_lost_notice(redis_server: RedisServer) -> None:  # noqa: F811
+    with Publisher.from_url(redis_server.url, history=10) as publisher:
+        first = publisher.publish("e0")
+        for n in range(1, 400):  # approximate trimming works in whole stream nodes
+            publisher.publish(f"e{n}")
+        assert publisher.stats()["history_size"] < 400
+        reader = Reader(publisher.subscribe(last_event_id=first))
+        notice = reader.wait_for(1)[0]
+        assert notice.type == HISTORY_LOST_EVENT
+        assert json.loads(notice.data)["last_event_id"] == first
+        assert reader.wait_for(2)[1].data != "e1"  # e1 was trimmed: the replay starts later
+        assert reader.wait_for(2)[1].type == "message"
+
+
+def test_an_unknown_stream_id_from_the_future_gets_the_notice_and_the_history(publishers: list[Publisher]) -> None:
+    here, _ = publishers
+    here.publish("kept")
+    reader = Reader(here.subscribe(last_event_id="99999999999999-0"))
+    assert [(e.type, e.data if e.type == "message" else "") for e in reader.wait_for(2)] == [
+        (HISTORY_LOST_EVENT, ""), ("message", "kept"),
+    ]  # fmt: skip
+
+
+def test_malformed_id_is_ignored(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    there.publish("old")
+    reader = Reader(here.subscribe(last_event_id="garbage"))
+    there.publish("new")
+    assert [e.data for e in reader.wait_for(1)] == ["new"]
+
+
+def test_callable_data_is_a_type_error_naming_the_alternative(publishers: list[Publisher]) -> None:
+    with pytest.raises(TypeError, match="per-subscriber channel"):
+        publishers[0].publish(lambda properties: "x")
+
+
+def test_unreachable_redis_at_start_names_the_url() -> None:
+    with pytest.raises(BrokerUnavailable, match=r"redis://:\*\*\*@127\.0\.0\.1:1/0"):
+        Publisher.from_url("redis://:secret@127.0.0.1:1/0")
+
+
+def test_stats_show_the_connection(publishers: list[Publisher]) -> None:
+    here, there = publishers
+    event_id = there.publish("x")
+    deadline = time.monotonic() + 5
+    while here.stats()["last_seen_id"] != event_id and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = here.stats()
+    assert (stats["broker"], stats["connected"], stats["last_seen_id"]) == ("redis", True, event_id)
+    assert stats["history_size"] == 1 and stats["last_id"] == event_id
+    json.dumps(stats)
+
+
+def test_redis_restart_loses_nothing_and_keeps_subscribers(redis_server: RedisServer) -> None:  # noqa: F811
+    """Redis is killed and restarted (append-only) under a connected subscriber."""
+    publisher = Publisher.from_url(redis_server.url)
+    subscription: Subscription = publisher.subscribe("chat", heartbeat=0.5)
+    reader = Reader(subscription)
+    before = [publisher.publish(f"before {n}", "chat") for n in range(3)]
+    reader.wait_for(3)
+
+    redis_server.stop()
+    with pytest.raises(BrokerUnavailable, match="not published"):
+        publisher.publish("while down", "chat")
+    time.sleep(1.0)  # the reader notices and backs off
+    assert not publisher.stats()["connected"]
+    redis_server.start()
+    # Another process publishes while this one's reader may still be waiting to reconnect.
+    with Publisher.from_url(redis_server.url) as other:
+        during = [other.publish(f"during {n}", "chat") for n in range(5)]
+    after = [publisher.publish(f"after {n}", "chat") for n in range(3)]
+
+    events = reader.wait_for(11, timeout=15)
+    assert [e.last_event_id for e in events] == before + during + after
+    assert not reader.ended.is_set() and not subscription.closed
+    assert publisher.stats()["reconnects"] >= 1
+    publisher.close()
+    assert reader.ended.wait(2)
+
+
+def test_close_stops_the_reader_promptly(redis_server: RedisServer) -> None:  # noqa: F811
+    publisher = Publisher.from_url(redis_server.url)
+    started = time.monotonic()
+    publisher.close()
+    assert time.monotonic() - started < 2.5
+    assert not any(t.name == "sse-wsgi-redis-reader" and t.is_alive() for t in threading.enumerate())
+
+
+def test_redis_broker_rejects_bad_arguments(redis_server: RedisServer) -> None:  # noqa: F811
+    with pytest.raises(TypeError, match="url must be a str"):
+        RedisBroker.from_url(6379)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="history"):
+        RedisBroker.from_url(redis_server.url, history=0)
+
+
+# -- several web-server processes ------------------------------------------------------------------
+
+
+def open_stream(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[httpx.Client, Reader]:
+    client = httpx.Client(timeout=httpx.Timeout(5, read=30))
+    response = client.send(client.build_request("GET", base + path, headers=headers), stream=True)
+    assert response.status_code == 200
+    return client, Reader(response.iter_raw(), name=f"test-stream-{path}")
+
+
+def wait_subscribed(base: str, channel: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if httpx.get(base + "/stats", timeout=5).json()["subscribers"].get(channel, 0) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no subscriber on {channel} at {base}")
+
+
+@pytest.mark.parametrize("kind", ["gunicorn-gthread", "gunicorn-gevent"])
+def test_two_servers_share_one_stream(redis_server: RedisServer, kind: str) -> None:  # noqa: F811
+    env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
+    with start_server(kind, "tests.servers.apps.basic:app", env=env) as one, start_server(
+        kind, "tests.servers.apps.basic:app", env=env
+    ) as two:
+        client, reader = open_stream(one.url, "/events/room")
+        try:
+            wait_subscribed(one.url, "room")
+            ids = [httpx.post(two.url + "/publish?channel=room", content=f"m{n}", timeout=5).text for n in range(5)]
+            events = reader.wait_for(5)
+            assert [(e.data, e.last_event_id) for e in events] == [(f"m{n}", i) for n, i in enumerate(ids)]
+        finally:
+            client.close()
+
+
+def test_resume_after_a_web_server_restart(redis_server: RedisServer) -> None:  # noqa: F811
+    env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
+    app = "tests.servers.apps.basic:app"
+    with start_server("gunicorn-gthread", app, env=env) as other:
+        with start_server("waitress", app, env=env) as first_run:
+            client, reader = open_stream(first_run.url, "/events/news")
+            seen = httpx.post(other.url + "/publish?channel=news", content="seen", timeout=5).text
+            assert [e.last_event_id for e in reader.wait_for(1)] == [seen]
+        assert reader.ended.wait(10)  # the server went away under the client
+        client.close()
+        missed = [
+            httpx.post(other.url + "/publish?channel=news", content=f"missed {n}", timeout=5).text for n in range(3)
+        ]
+        with start_server("waitress", app, env=env) as second_run:
+            client, reader = open_stream(second_run.url, "/events/news", headers={"Last-Event-ID": seen})
+            try:
+                events = reader.wait_for(3)
+                assert [(e.data, e.last_event_id) for e in events] == [(f"missed {n}", i) for n, i in enumerate(missed)]
+            finally:
+                client.close()
+
+
+def test_demo_cli_on_redis(redis_server: RedisServer) -> None:  # noqa: F811
+    from tests.test_cli import run_demo
+
+    with run_demo(["--redis", redis_server.url]) as base, Publisher.from_url(redis_server.url) as elsewhere:
+        client, reader = open_stream(base, "/events?channel=chat")
+        try:  # the headers came with the first chunk, sent once the subscriber was registered
+            event_id = elsewhere.publish({"name": "other process", "text": "hi"}, "chat", event="chat")
+            [event] = reader.wait_for(1)
+            assert (event.type, event.last_event_id) == ("chat", event_id)
+        finally:
+            client.close()
