@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._http import STREAM_HEADERS, BadRequest, check_channel_name, decode_wsgi_text, last_event_id, query_params
+from ._servers import disconnect_probe, warn_if_not_concurrent
 from ._validate import check_count, check_seconds
 from .event import Event, check_retry
 from .publisher import DEFAULT_CHANNEL, Publisher
@@ -140,6 +141,7 @@ class SSEMiddleware:
     ) -> Iterable[bytes]:
         query = query_params(environ.get("QUERY_STRING", ""))
         environ["eventlet.minimum_write_chunk_size"] = 0  # eventlet.wsgi buffers 4 KiB otherwise
+        warn_if_not_concurrent(environ)
         subscription = self.publisher.subscribe(
             channels,
             properties=self.properties(environ) if self.properties is not None else None,
@@ -147,7 +149,7 @@ class SSEMiddleware:
             last_event_id=last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query),
             heartbeat=self.heartbeat,
             max_lifetime=self.max_lifetime,
-            client_disconnected=environ.get("waitress.client_disconnected"),
+            client_disconnected=disconnect_probe(environ),
         )
         start_response("200 OK", headers)
         return subscription

@@ -31,9 +31,6 @@ HEARTBEAT = Event(comment="keep-alive").encode()
 
 _BROKER_METHODS = ("start", "publish", "replay", "stats", "close")
 
-# How often a stream asks the server whether its client is gone, when the
-# server offers a way to ask (waitress's ``waitress.client_disconnected``).
-_DISCONNECT_POLL = 1.0  # seconds
 
 
 def normalize_channels(channel: str | Iterable[str]) -> tuple[str, ...]:
@@ -149,8 +146,9 @@ class Publisher:
             is sent (it is what reveals a vanished client); ``None`` for none.
         :param max_lifetime: seconds after which the stream ends normally (the
             browser reconnects and resumes by id); ``None`` for no limit.
-        :param client_disconnected: a callable the stream polls to learn that
-            the client has gone (a server's own signal, as waitress offers).
+        :param client_disconnected: a callable the stream asks, whenever a
+            heartbeat is due, whether the client has gone (a server's own
+            signal, as waitress offers); the stream then ends at once.
         """
         channels = normalize_channels(channel)
         check_seconds("heartbeat", heartbeat)
@@ -433,8 +431,6 @@ class Subscription:
             waits.append(self._last_sent + self._heartbeat - now)
         if self._deadline is not None:
             waits.append(self._deadline - now)
-        if self._client_disconnected is not None:
-            waits.append(_DISCONNECT_POLL)
         return max(0.0, min(waits)) if waits else None
 
     def __iter__(self) -> Subscription:
@@ -451,9 +447,9 @@ class Subscription:
             now = time.monotonic()
             if self._deadline is not None and now >= self._deadline:
                 break
-            if self._client_disconnected is not None and self._client_disconnected():
-                break
             if self._heartbeat is not None and now - self._last_sent >= self._heartbeat:
+                if self._client_disconnected is not None and self._client_disconnected():
+                    break
                 self._last_sent = now
                 return HEARTBEAT
             self._wake.clear()

@@ -175,11 +175,12 @@ def test_max_lifetime_ends_the_stream(publisher: Publisher) -> None:
 
 def test_client_disconnected_signal_ends_the_stream(publisher: Publisher) -> None:
     gone = threading.Event()
-    subscription = publisher.subscribe(heartbeat=30, client_disconnected=gone.is_set)
-    threading.Timer(0.1, gone.set).start()
+    subscription = publisher.subscribe(heartbeat=0.3, client_disconnected=gone.is_set)
+    assert next(subscription) == b": keep-alive\n\n"  # asked at the heartbeat: still there
+    gone.set()
     started = time.monotonic()
-    assert list(subscription) == []
-    assert time.monotonic() - started < 3
+    assert list(subscription) == []  # asked at the next heartbeat: gone, so no heartbeat is written
+    assert time.monotonic() - started < 2
     assert publisher.subscription_count == 0
 
 

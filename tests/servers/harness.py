@@ -19,12 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SERVERS = ("werkzeug", "wsgiref", "waitress", "cheroot", "gunicorn-gthread", "gunicorn-gevent")
+SERVERS = ("werkzeug", "wsgiref", "waitress", "cheroot", "gunicorn-gthread", "gunicorn-gevent", "eventlet")
 
 _GUNICORN_WORKERS = {
     "gunicorn-gthread": ["-k", "gthread", "--threads", "100"],
     "gunicorn-gevent": ["-k", "gevent", "--worker-connections", "2000"],
-    "gunicorn-eventlet": ["-k", "eventlet", "--worker-connections", "2000"],
     "gunicorn-sync": ["-k", "sync"],
 }
 _LISTENING = re.compile(r"(?:PORT |Listening at: http://127\.0\.0\.1:)(\d+)")

@@ -52,6 +52,13 @@ def serve(kind: str, app) -> None:
         server.prepare()
         announce(server.bind_addr[1])
         server.serve()
+    elif kind == "eventlet":
+        import eventlet
+        import eventlet.wsgi
+
+        listener = eventlet.listen(("127.0.0.1", 0))
+        announce(listener.getsockname()[1])
+        eventlet.wsgi.server(listener, app, log_output=False, max_size=THREADS * 10)
     else:
         raise SystemExit(f"unknown server kind: {kind}")
 
@@ -61,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind")
     parser.add_argument("app")
     args = parser.parse_args(argv)
+    if args.kind == "eventlet":  # monkey-patching must come before the app is imported
+        import eventlet
+
+        eventlet.monkey_patch()
     serve(args.kind, load(args.app))
 
 
