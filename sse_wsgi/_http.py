@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from urllib.parse import parse_qsl
 
 __all__ = [
@@ -38,6 +39,35 @@ HOP_BY_HOP = frozenset(
 MAX_CHANNEL_NAME = 200  # characters
 MAX_LAST_EVENT_ID = 256  # characters; longer ones are ignored as malformed
 MAX_QUERY_FIELDS = 1000
+
+
+OPENING_CHUNK = b": stream open\n\n"
+
+
+class OpenedStream:
+    """A WSGI body that sends :data:`OPENING_CHUNK` first, then *chunks*; closing it closes *chunks*.
+
+    A WSGI server sends the headers only with the first body chunk, so this
+    makes the client see the stream open at once.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._opened = False
+
+    def __iter__(self) -> OpenedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self._opened:
+            self._opened = True
+            return OPENING_CHUNK
+        return next(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 class BadRequest(ValueError):
