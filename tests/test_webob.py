@@ -46,5 +46,5 @@ def test_keyword_arguments_reach_webob(publisher: Publisher) -> None:
 
 
 def test_refuses_what_is_not_a_subscription() -> None:
-    with pytest.raises(TypeError, match="sse_wsgi.Subscription"):
+    with pytest.raises(TypeError, match=r"sse_wsgi\.Subscription"):
         EventStreamResponse([b"data: x\n\n"])  # type: ignore[arg-type]

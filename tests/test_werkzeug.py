@@ -55,5 +55,5 @@ def test_head_request_frees_the_subscription(publisher: Publisher) -> None:
 
 
 def test_refuses_what_is_not_a_subscription() -> None:
-    with pytest.raises(TypeError, match="sse_wsgi.Subscription"):
+    with pytest.raises(TypeError, match=r"sse_wsgi\.Subscription"):
         EventStreamResponse(iter([b"data: x\n\n"]))  # type: ignore[arg-type]

@@ -10,7 +10,8 @@ from sse_wsgi import SSEMiddleware
 class Publish:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         publisher = req.env["sse.publisher"]
-        resp.text = publisher.publish(req.bounded_stream.read().decode("utf-8"), req.get_param("channel", required=True))
+        channel = req.get_param("channel", required=True)
+        resp.text = publisher.publish(req.bounded_stream.read().decode("utf-8"), channel)
         resp.content_type = falcon.MEDIA_TEXT
 
 
