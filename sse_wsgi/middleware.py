@@ -24,6 +24,9 @@ _PREFLIGHT_MAX_AGE = "600"  # seconds
 # A stream refused by max_subscribers tells the browser to come back after a
 # random delay in this range (milliseconds), so refused clients spread out.
 _SHED_RETRY_MS = (5_000, 15_000)
+# A stream asked of a draining process (one that is stopping) is told to come
+# back soon: the browser reconnects to another process.
+_DRAIN_RETRY_MS = (250, 2_000)
 
 
 def _text_response(status: str, body: str, extra: Sequence[tuple[str, str]] = ()) -> tuple[str, list, bytes]:
@@ -126,6 +129,9 @@ class SSEMiddleware:
         if method == "HEAD":
             start_response("200 OK", headers)
             return []
+        if self.publisher.draining:
+            start_response("200 OK", headers)
+            return [Event(retry=random.randint(*_DRAIN_RETRY_MS)).encode()]
         if self.max_subscribers is not None and self.publisher.subscription_count >= self.max_subscribers:
             self.publisher._count_refused()
             start_response("200 OK", headers)

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from .errors import BrokerUnavailable, PublisherClosed
 from .event import Event, Serializer, json_serializer
 from .memory import MemoryBroker
 
-__all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription"]
+__all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription", "drain_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,15 @@ HISTORY_LOST_EVENT = "history-lost"
 HEARTBEAT = Event(comment="keep-alive").encode()
 
 _BROKER_METHODS = ("start", "publish", "replay", "stats", "close")
+
+# The open publishers of this process, so that a shutdown hook can end every stream.
+_open_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+def drain_all() -> None:
+    """:meth:`~Publisher.drain` every open :class:`Publisher` of this process (for a shutdown hook)."""
+    for publisher in list(_open_publishers):
+        publisher.drain()
 
 
 
@@ -86,12 +96,14 @@ class Publisher:
         self._lock = threading.Lock()
         self._channels: dict[str, dict[Subscription, None]] = {}
         self._closed = False
+        self._draining = False
         self._subscription_count = 0
         self._published = 0
         self._delivered = 0
         self._cut_off = 0
         self._refused = 0
         self._broker.start(self._deliver)
+        _open_publishers.add(self)
 
     @classmethod
     def from_url(cls, url: str, *, history: int = 1000, **kwargs: Any) -> Publisher:
@@ -113,6 +125,11 @@ class Publisher:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` was called: this process is going away."""
+        return self._draining
 
     @property
     def subscription_count(self) -> int:
@@ -320,9 +337,33 @@ class Publisher:
             "slow_subscribers_cut": self._cut_off,
             "streams_refused": self._refused,
             "closed": self._closed,
+            "draining": self._draining,
         }
         figures.update(self._broker.stats())
         return figures
+
+    def drain(self) -> None:
+        """End every current stream normally, and mark this publisher :attr:`draining`.
+
+        For a process that is about to stop (a server's graceful shutdown):
+        browsers reconnect, with ``Last-Event-ID``, to the processes that go
+        on; :class:`SSEMiddleware` answers new streams here with a short
+        ``retry:`` hint rather than an error. Publishing still works.
+        """
+        with self._lock:
+            self._draining = True
+        for subscription in self._take_all():
+            subscription._end()
+
+    def _take_all(self) -> set[Subscription]:
+        """Unregister every subscription at once; return them."""
+        with self._lock:
+            subscriptions = {s for subscribers in self._channels.values() for s in subscribers}
+            self._channels.clear()
+            for subscription in subscriptions:
+                subscription._registered = False
+            self._subscription_count = 0
+        return subscriptions
 
     def close(self) -> None:
         """End every subscription's stream and refuse later ``subscribe``/``publish``."""
@@ -330,12 +371,8 @@ class Publisher:
             if self._closed:
                 return
             self._closed = True
-            subscriptions = {s for subscribers in self._channels.values() for s in subscribers}
-            self._channels.clear()
-            for subscription in subscriptions:
-                subscription._registered = False
-            self._subscription_count = 0
-        for subscription in subscriptions:
+            _open_publishers.discard(self)
+        for subscription in self._take_all():
             subscription._end()
         self._broker.close()
 

@@ -362,3 +362,13 @@ def test_default_publisher_is_created() -> None:
     app = SSEMiddleware(inner_app)
     assert isinstance(app.publisher, Publisher)
     app.publisher.close()
+
+
+def test_a_draining_publisher_sends_a_short_retry_instead_of_an_error(app: SSEMiddleware, publisher: Publisher) -> None:
+    publisher.drain()
+    with Answer(app) as answer:
+        assert answer.code == 200  # a 503 would make the browser give up for good
+        rest = b"".join(answer.iterator)
+        assert answer.first.startswith(b"retry: ") and rest == b""
+        assert 250 <= int(answer.first.split()[1]) <= 2000
+    assert publisher.subscription_count == 0

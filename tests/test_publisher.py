@@ -475,3 +475,14 @@ def test_each_event_is_serialized_once_whatever_the_number_of_subscribers() -> N
 def test_broker_must_implement_the_protocol() -> None:
     with pytest.raises(TypeError, match="broker must implement"):
         Publisher(broker="redis://localhost")  # type: ignore[arg-type]
+
+
+def test_drain_ends_streams_but_keeps_publishing() -> None:
+    with Publisher() as publisher:
+        subscription = publisher.subscribe(heartbeat=30)
+        publisher.drain()
+        assert list(subscription) == []
+        assert publisher.draining and not publisher.closed
+        assert publisher.stats()["draining"] is True
+        assert publisher.publish("still works") == "1"
+        assert publisher.subscription_count == 0

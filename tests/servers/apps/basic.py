@@ -3,7 +3,8 @@
 ``POST /publish?channel=NAME`` publishes the request body (UTF-8 text) and
 answers the event id; ``GET /stats`` answers ``publisher.stats()`` as JSON.
 Settings come from the environment: ``SSE_HEARTBEAT`` (seconds),
-``SSE_MAX_LIFETIME`` (seconds), ``SSE_REDIS_URL`` (use the Redis broker).
+``SSE_MAX_LIFETIME`` (seconds), ``SSE_MAX_SUBSCRIBERS``, ``SSE_REDIS_URL`` (use
+the Redis broker). ``POST /close`` closes the publisher.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def inner_app(environ, start_response):
             data, query.get("channel", ["default channel"]), event=query.get("event", [None])[0]
         )
         body = event_id.encode()
+    elif path == "/close" and environ["REQUEST_METHOD"] == "POST":
+        publisher.close()
+        body = b"closed"
     elif path == "/stats":
         body = json.dumps(publisher.stats()).encode()
     else:
@@ -50,4 +54,5 @@ app = SSEMiddleware(
     _publisher(),
     heartbeat=_seconds("SSE_HEARTBEAT", 15.0),
     max_lifetime=_seconds("SSE_MAX_LIFETIME", None),
+    max_subscribers=int(os.environ["SSE_MAX_SUBSCRIBERS"]) if os.environ.get("SSE_MAX_SUBSCRIBERS") else None,
 )
