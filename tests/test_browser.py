@@ -240,7 +240,8 @@ def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: Redi
 
     env = {"SSE_RETRY": "300", "SSE_REDIS_URL": redis_server.url}
     app = "tests.servers.apps.demo_app:app"
-    first = start_server("gunicorn-gthread", app, env=env)
+    hook = ["-c", "tests/servers/gunicorn_conf.py"]  # streams end at once when the worker stops
+    first = start_server("gunicorn-gthread", app, env=env, args=hook)
     proxy = CuttableProxy(first.port)
     try:
         page = open_chat(browser, proxy.url)
@@ -250,7 +251,7 @@ def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: Redi
         first.stop()
         with Publisher.from_url(redis_server.url) as elsewhere:  # another worker, on another host
             missed = [publish_message(elsewhere, {"name": "b", "text": f"during {n}"}) for n in range(3)]
-        with start_server("gunicorn-gthread", app, env=env) as second:
+        with start_server("gunicorn-gthread", app, env=env, args=hook) as second:
             proxy.upstream_port = second.port
             proxy.restore()
             page.wait_for_selector("#status[data-state=open]", timeout=TIMEOUT_MS)
