@@ -59,19 +59,18 @@ class EventStreamParser:
 
     def feed(self, chunk: bytes) -> list[ReceivedEvent]:
         """Parse *chunk*; return the events it completed."""
-        self._buffer += self._decoder.decode(chunk)
+        buffer = self._buffer + self._decoder.decode(chunk)
         events: list[ReceivedEvent] = []
-        while True:
-            match = _LINE.search(self._buffer)
-            if match is None:
-                break
+        position = 0
+        for match in _LINE.finditer(buffer):
             # A CR at the very end may be the first half of a CRLF still in flight.
-            if match.group() == "\r" and match.end() == len(self._buffer):
+            if match.group() == "\r" and match.end() == len(buffer):
                 break
-            line, self._buffer = self._buffer[: match.start()], self._buffer[match.end() :]
-            event = self._process_line(line)
+            event = self._process_line(buffer[position : match.start()])
+            position = match.end()
             if event is not None:
                 events.append(event)
+        self._buffer = buffer[position:]
         return events
 
     def end(self) -> list[ReceivedEvent]:

@@ -3,7 +3,7 @@
 ``POST /publish?channel=NAME`` publishes the request body (UTF-8 text) and
 answers the event id; ``GET /stats`` answers ``publisher.stats()`` as JSON.
 Settings come from the environment: ``SSE_HEARTBEAT`` (seconds),
-``SSE_MAX_LIFETIME`` (seconds), ``SSE_MAX_SUBSCRIBERS``, ``SSE_REDIS_URL`` (use
+``SSE_MAX_LIFETIME`` (seconds), ``SSE_MAX_SUBSCRIBERS``, ``SSE_QUEUE_SIZE``, ``SSE_REDIS_URL`` (use
 the Redis broker). ``POST /close`` closes the publisher.
 """
 
@@ -18,7 +18,8 @@ from sse_wsgi import Publisher, SSEMiddleware
 
 def _publisher() -> Publisher:
     url = os.environ.get("SSE_REDIS_URL")
-    return Publisher.from_url(url) if url else Publisher()
+    queue_size = int(os.environ.get("SSE_QUEUE_SIZE", "1000"))
+    return Publisher.from_url(url, queue_size=queue_size) if url else Publisher(queue_size=queue_size)
 
 
 def inner_app(environ, start_response):

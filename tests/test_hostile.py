@@ -1,0 +1,241 @@
+"""Hostile conditions on real servers: reconnect storms, slow consumers, load shedding. Figures go to the report.
+
+Each test prints its figures (events lost and duplicated, RSS at start and end)
+in a ``FIGURES`` line, shown with ``pytest -s`` or ``-rP``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sse_wsgi.testing import EventStreamParser, ReceivedEvent
+from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
+from tests.servers.harness import LiveServer, start_server
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.servers.apps.basic:app"
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of *pid* and its children (gunicorn workers), in KiB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def figures(name: str, **values: object) -> None:
+    print(f"FIGURES {name} " + json.dumps(values))
+
+
+class Publisher(threading.Thread):
+    """Publishes numbered events to a channel over HTTP at a steady pace until stopped."""
+
+    def __init__(self, server: LiveServer, channel: str, interval: float) -> None:
+        super().__init__(name="test-hostile-publisher", daemon=True)
+        self.url = f"{server.url}/publish?channel={channel}"
+        self.interval = interval
+        self.ids: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            n = 0
+            while not self.stop.is_set():
+                self.ids.append(client.post(self.url, content=str(n)).text)
+                n += 1
+                self.stop.wait(self.interval)
+
+
+def read_some(url: str, last_event_id: str | None, count: int, timeout: float = 5.0) -> list[ReceivedEvent]:
+    """Connect (resuming after *last_event_id*), read up to *count* events, then drop the connection."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    events: list[ReceivedEvent] = []
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=httpx.Timeout(5, read=2)) as client, client.stream("GET", url, headers=headers) as stream:
+        parser = EventStreamParser()
+        for chunk in stream.iter_raw():
+            events.extend(parser.feed(chunk))
+            if len(events) >= count or time.monotonic() > deadline:
+                break
+    return events  # may hold more than count: a chunk can carry several events
+
+
+def reconnect_storm(server: LiveServer, reconnects: int) -> tuple[list[str], list[str]]:
+    """A client that drops and resumes *reconnects* times while events flow; (published ids, received ids)."""
+    publisher = Publisher(server, "storm", interval=0.005)
+    publisher.start()
+    received: list[ReceivedEvent] = []
+    last: str | None = None
+    try:
+        while not publisher.ids:
+            time.sleep(0.01)
+        received += read_some(server.url + "/events/storm", None, 1)
+        last = received[-1].last_event_id
+        for _ in range(reconnects):
+            received += read_some(server.url + "/events/storm", last, 3)
+            last = received[-1].last_event_id
+    finally:
+        publisher.stop.set()
+        publisher.join(5)
+    # One last resume collects everything published up to the end.
+    target = publisher.ids[-1]
+    while last != target:
+        more = read_some(server.url + "/events/storm", last, 10**6, timeout=1)
+        received += more
+        last = received[-1].last_event_id
+    return publisher.ids, [e.last_event_id for e in received]
+
+
+def count_loss(published: list[str], received: list[str]) -> tuple[int, int]:
+    first = published.index(received[0])
+    expected = published[first:]
+    lost = len(set(expected) - set(received))
+    duplicated = len(received) - len(set(received))
+    return lost, duplicated
+
+
+@pytest.mark.parametrize("kind", ["gunicorn-gevent", "waitress"])
+def test_hundred_reconnects_lose_and_repeat_nothing(kind: str) -> None:
+    with start_server(kind, APP, env={"SSE_HEARTBEAT": "1"}) as server:
+        published, received = reconnect_storm(server, 100)
+    lost, duplicated = count_loss(published, received)
+    figures(f"reconnect-storm-{kind}", published=len(published), received=len(received), lost=lost,
+            duplicated=duplicated)  # fmt: skip
+    assert (lost, duplicated) == (0, 0)
+    assert received == published[published.index(received[0]) :]  # in order
+
+
+@pytest.mark.redis
+def test_reconnects_across_web_server_and_redis_restarts_lose_nothing(redis_server: RedisServer) -> None:  # noqa: F811
+    env = {"SSE_HEARTBEAT": "1", "SSE_REDIS_URL": redis_server.url}
+    received: list[str] = []
+    published: list[str] = []
+    last: str | None = None
+    with start_server("gunicorn-gthread", APP, env=env) as writer:
+        for phase in ("first server", "restarted server", "after redis restart"):
+            with start_server("waitress", APP, env=env) as reader:
+                publisher = Publisher(writer, "storm", interval=0.01)
+                publisher.start()
+                while len(publisher.ids) < 5:
+                    time.sleep(0.01)
+                for _ in range(10):
+                    events = read_some(reader.url + "/events/storm", last, 3)
+                    received += [e.last_event_id for e in events]
+                    last = received[-1] if received else last
+                publisher.stop.set()
+                publisher.join(5)
+                published += publisher.ids
+                while last != published[-1]:
+                    received += [e.last_event_id for e in read_some(reader.url + "/events/storm", last, 10**6, 1)]
+                    last = received[-1]
+            if phase == "restarted server":
+                redis_server.restart()  # append-only: history survives
+                time.sleep(0.5)  # the web servers' readers reconnect with backoff
+    lost, duplicated = count_loss(published, received)
+    figures("restarts-redis", published=len(published), received=len(received), lost=lost, duplicated=duplicated)
+    assert (lost, duplicated) == (0, 0)
+
+
+def test_slow_consumers_are_cut_off_fast_ones_keep_up_and_memory_stays_flat() -> None:
+    """100 subscribers, 10 of which stop reading; each queue holds at most 100 events."""
+    env = {"SSE_HEARTBEAT": "5", "SSE_QUEUE_SIZE": "100"}
+    with start_server("gunicorn-gthread", APP, env=env, args=["--threads", "150"]) as server:
+        fast = [FastReader(server, n) for n in range(90)]
+        slow = []
+        for _ in range(10):  # they read nothing: the kernel buffers fill, then the server's queue
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /events/load HTTP/1.1\r\nHost: x\r\n\r\n")
+            slow.append(sock)
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/stats", timeout=5).json()["subscriptions"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rss_start = rss_kib(server.proc.pid)  # type: ignore[union-attr]
+        padding = "x" * 4000
+        ids = []
+        with httpx.Client(timeout=5) as client:
+            for _ in range(1500):
+                body = f"{time.monotonic():.6f} {padding}"
+                ids.append(client.post(server.url + "/publish?channel=load", content=body).text)
+        deadline = time.monotonic() + 30
+        while any(len(r.events) < len(ids) for r in fast) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stats = httpx.get(server.url + "/stats", timeout=5).json()
+        rss_end = rss_kib(server.proc.pid)  # type: ignore[union-attr]
+        lags = sorted(lag for r in fast for lag in r.lags)
+        p99 = lags[int(len(lags) * 0.99)]
+        figures("slow-consumers", rss_start_kib=rss_start, rss_end_kib=rss_end, cut_off=stats["slow_subscribers_cut"],
+                fast_p50_ms=round(lags[len(lags) // 2] * 1000, 1), fast_p99_ms=round(p99 * 1000, 1),
+                events=len(ids))  # fmt: skip
+        assert all([e.last_event_id for e in r.events] == ids for r in fast)  # fast ones got everything
+        assert stats["slow_subscribers_cut"] == 10
+        assert stats["subscriptions"] == 90
+        assert p99 < 2.0  # seconds: the stalled ones never held the others up (a blocked publish would)
+        assert rss_end - rss_start < 40_000  # KiB: the stalled queues were dropped, not kept
+        # A slow client that reconnects catches up from history.
+        caught_up = read_some(server.url + "/events/load", ids[-101], 100, timeout=10)
+        assert [e.last_event_id for e in caught_up][:100] == ids[-100:]
+        for sock in slow:
+            sock.close()
+        for reader in fast:
+            reader.close()
+
+
+class FastReader:
+    """A client that reads as fast as it can and notes each event's delay since it was published."""
+
+    def __init__(self, server: LiveServer, n: int) -> None:
+        self.client = httpx.Client(timeout=httpx.Timeout(5, read=30))
+        self.response = self.client.send(self.client.build_request("GET", server.url + "/events/load"), stream=True)
+        self.events: list[ReceivedEvent] = []
+        self.lags: list[float] = []
+        threading.Thread(target=self._read, name=f"test-fast-{n}", daemon=True).start()
+
+    def _read(self) -> None:
+        parser = EventStreamParser()
+        try:
+            for chunk in self.response.iter_raw():
+                now = time.monotonic()
+                events = parser.feed(chunk)
+                self.events.extend(events)
+                self.lags.extend(now - float(e.data.split(" ", 1)[0]) for e in events)
+        except httpx.HTTPError:
+            pass
+
+    def close(self) -> None:
+        self.response.close()
+        self.client.close()
+
+
+def test_max_subscribers_sheds_load_with_a_retry_only_stream() -> None:
+    with start_server("waitress", APP, env={"SSE_MAX_SUBSCRIBERS": "3", "SSE_HEARTBEAT": "1"}) as server:
+        with httpx.Client(timeout=httpx.Timeout(5, read=10)) as client:
+            held = [client.send(client.build_request("GET", server.url + "/events"), stream=True) for _ in range(3)]
+            for response in held:
+                next(response.iter_raw())
+            refused = client.get(server.url + "/events")  # reads to the end: the stream ends by itself
+            assert refused.status_code == 200
+            assert refused.headers["content-type"] == "text/event-stream; charset=utf-8"
+            parser = EventStreamParser()
+            assert parser.feed(refused.content) == []
+            assert parser.retry is not None and 5000 <= parser.retry <= 15000
+            assert refused.content == f"retry: {parser.retry}\n\n".encode()
+            stats = client.get(server.url + "/stats").json()
+            assert (stats["streams_refused"], stats["subscriptions"]) == (1, 3)
+            for response in held:
+                response.close()
