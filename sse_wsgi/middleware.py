@@ -116,7 +116,8 @@ class SSEMiddleware:
         if method not in ("GET", "HEAD"):
             return _answer(start_response, _NOT_ALLOWED, cors)
         try:
-            channels = self._channels(target, environ)
+            query = query_params(environ.get("QUERY_STRING", ""))
+            channels = self._channels(target, query)
         except BadRequest as error:
             return _answer(start_response, _text_response("400 Bad Request", f"Bad request: {error}\n"), cors)
         if cors is None:
@@ -136,16 +137,16 @@ class SSEMiddleware:
             self.publisher._count_refused()
             start_response("200 OK", headers)
             return [Event(retry=random.randint(*_SHED_RETRY_MS)).encode()]
-        return self._stream(environ, start_response, channels, headers)
+        return self._stream(environ, start_response, channels, query, headers)
 
     def _stream(
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
         channels: tuple[str, ...],
+        query: list[tuple[str, str]],
         headers: list[tuple[str, str]],
     ) -> Iterable[bytes]:
-        query = query_params(environ.get("QUERY_STRING", ""))
         environ["eventlet.minimum_write_chunk_size"] = 0  # eventlet.wsgi buffers 4 KiB otherwise
         warn_if_not_concurrent(environ)
         subscription = self.publisher.subscribe(
@@ -169,11 +170,10 @@ class SSEMiddleware:
                 return prefix, path_info[len(prefix) + 1 :]
         return None
 
-    def _channels(self, target: tuple[str, str | None], environ: WSGIEnvironment) -> tuple[str, ...]:
+    def _channels(self, target: tuple[str, str | None], query: list[tuple[str, str]]) -> tuple[str, ...]:
         _, raw_name = target
         if raw_name is not None:
             return (check_channel_name(decode_wsgi_text(raw_name)),)
-        query = query_params(environ.get("QUERY_STRING", ""))
         names = list(dict.fromkeys(value for key, value in query if key == "channel"))
         if len(names) > self.max_channels:
             raise BadRequest(f"at most {self.max_channels} channels per stream")

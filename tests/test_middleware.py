@@ -372,3 +372,10 @@ def test_a_draining_publisher_sends_a_short_retry_instead_of_an_error(app: SSEMi
         assert answer.first.startswith(b"retry: ") and rest == b""
         assert 250 <= int(answer.first.split()[1]) <= 2000
     assert publisher.subscription_count == 0
+
+
+def test_path_form_with_a_bad_query_string_gets_400(app: SSEMiddleware, publisher: Publisher) -> None:
+    with Answer(app, "/events/chat?x=%ff") as answer:
+        assert answer.code == 400
+        assert b"not valid UTF-8" in answer.first
+    assert publisher.subscription_count == 0
