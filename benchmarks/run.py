@@ -1,0 +1,173 @@
+"""Run the scenarios against every target in one invocation; write JSON, a Markdown table and a chart.
+
+    python -m benchmarks --all                 # the full run (about 15-25 minutes)
+    python -m benchmarks --smoke               # a tiny run that checks the harness (about 20 s)
+    python -m benchmarks --targets sse_wsgi-gevent limit-asyncio --scenarios fanout_1k
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .client import hold_idle, run_load
+from .targets import CLIENT_CPUS, SERVER_CPUS, TARGETS, RedisProcess, Server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STREAM_PATH = "/events?channel=bench"
+
+
+@dataclass(frozen=True)
+class Load:
+    """One measured run: subscribers, events, rate (None: as fast as possible)."""
+
+    scenario: str
+    subscribers: int
+    events: int
+    rate: float | None
+    payload: int = 64
+    drain: float = 15.0  # seconds to wait for the last deliveries
+    idle: float = 10.0  # seconds of idle measurement (events == 0)
+
+
+SCENARIOS: dict[str, list[Load]] = {
+    "fanout_1k": [Load("fanout_1k", 1000, 200, 100.0)],
+    "burst_100": [Load("burst_100", 100, 2000, None)],
+    "scale": [Load("scale", n, 100, 20.0) for n in (100, 1000, 4000)],
+    "idle_10k": [Load("idle_10k", 10_000, 0, None)],
+}
+SMOKE = {
+    "fanout_1k": [Load("fanout_1k", 20, 20, 100.0, drain=5.0)],
+    "burst_100": [Load("burst_100", 10, 50, None, drain=5.0)],
+    "idle_10k": [Load("idle_10k", 50, 0, None, idle=1.0)],
+}
+SMOKE_TARGETS = ["sse_wsgi-gevent", "limit-asyncio"]
+# The Redis-two-workers comparison is a fan-out question: run it there only.
+ONLY = {"sse_wsgi-redis-2w": {"fanout_1k"}}
+
+
+def raise_open_file_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def measure(target_name: str, load: Load, redis: RedisProcess | None) -> dict[str, Any]:
+    target = TARGETS[target_name]
+    base = {"target": target_name, "scenario": load.scenario, "subscribers": load.subscribers}
+    if load.subscribers > target.max_streams:
+        return {**base, "skipped": f"{target.note}: at most {target.max_streams} streams"}
+    if target.needs_redis and redis is None:
+        return {**base, "skipped": "needs redis-server"}
+    if redis is not None:
+        redis.flush()
+    server = Server(target, load.subscribers, redis.url if target.needs_redis and redis else None)
+    try:
+        if load.events == 0:
+            return {**base, **idle(server, load)}
+        cpu_before, started = server.cpu_seconds(), time.monotonic()
+        figures = asyncio.run(
+            run_load(server.port, STREAM_PATH, load.subscribers, load.events, load.rate, load.payload, load.drain)
+        )
+        elapsed = time.monotonic() - started
+        return {**base, **figures, "server_rss_mb": round(server.rss() / 2**20, 1),
+                "server_cpu_percent": round(100 * (server.cpu_seconds() - cpu_before) / elapsed, 1)}  # fmt: skip
+    except (RuntimeError, OSError, asyncio.TimeoutError) as error:
+        return {**base, "failed": f"{type(error).__name__}: {error}"}
+    finally:
+        server.stop()
+
+
+def idle(server: Server, load: Load) -> dict[str, Any]:
+    rss_idle = server.rss()
+
+    async def hold() -> dict[str, Any]:
+        streams, connect_seconds = await hold_idle(server.port, STREAM_PATH, load.subscribers)
+        rss_streams = server.rss()
+        cpu_before = server.cpu_seconds()
+        await asyncio.sleep(load.idle)
+        cpu = server.cpu_seconds() - cpu_before
+        for stream in streams:
+            stream.close()
+        return {
+            "connect_seconds": round(connect_seconds, 2),
+            "server_rss_idle_mb": round(rss_idle / 2**20, 1),
+            "server_rss_mb": round(rss_streams / 2**20, 1),
+            "rss_per_stream_kb": round((rss_streams - rss_idle) / load.subscribers / 1024, 2),
+            "idle_cpu_percent": round(100 * cpu / load.idle, 2),
+        }
+
+    return asyncio.run(hold())
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "server_cpus": sorted(SERVER_CPUS),
+        "client_cpus": sorted(CLIENT_CPUS),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--all", action="store_true", help="every target and scenario")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the harness")
+    parser.add_argument("--targets", nargs="+", choices=sorted(TARGETS))
+    parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: benchmarks/results)")
+    parser.add_argument("--no-chart", action="store_true", help="skip the matplotlib chart")
+    args = parser.parse_args(argv)
+    scenarios = SMOKE if args.smoke else SCENARIOS
+    targets = args.targets or (SMOKE_TARGETS if args.smoke else list(TARGETS))
+    chosen = args.scenarios or list(scenarios)
+    if not (args.all or args.smoke or args.targets or args.scenarios):
+        parser.error("say --all, --smoke, or name --targets/--scenarios")
+    raise_open_file_limit()
+    os.sched_setaffinity(0, CLIENT_CPUS)
+    redis = RedisProcess() if any(TARGETS[t].needs_redis for t in targets) else None
+    results = []
+    try:
+        for name in targets:
+            for scenario in chosen:
+                if scenario not in scenarios or (name in ONLY and scenario not in ONLY[name]):
+                    continue
+                for load in scenarios[scenario]:
+                    result = measure(name, load, redis)
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+    finally:
+        if redis is not None:
+            redis.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "smoke" if args.smoke else f"run-{datetime.date.today().isoformat()}"
+    report = {"machine": machine(), "results": results}
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    from .report import markdown
+
+    (args.out / f"{stem}.md").write_text(markdown(report))
+    if not args.no_chart:
+        from .chart import draw
+
+        draw(report, args.out / f"{stem}.png")
+    return 0

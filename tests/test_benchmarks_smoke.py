@@ -1,0 +1,35 @@
+"""A short run of the benchmark harness, so that it keeps working (figures come from full runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_delivers_every_event_and_writes_its_report(tmp_path: Path) -> None:
+    require(len(__import__("os").sched_getaffinity(0)) >= 2, "the harness pins server and client to two CPUs")
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--no-chart", "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    loads = [r for r in report["results"] if r["scenario"] != "idle_10k"]
+    idle = [r for r in report["results"] if r["scenario"] == "idle_10k"]
+    assert {r["target"] for r in loads} == {"sse_wsgi-gevent", "limit-asyncio"}
+    for result in loads:
+        assert result["deliveries"] == result["expected_deliveries"] > 0
+        assert (result["lost"], result["duplicated"]) == (0, 0)
+        assert result["deliveries_per_second"] > 0 and result["latency_p99_ms"] > 0
+    assert all(r["rss_per_stream_kb"] is not None and r["connect_seconds"] > 0 for r in idle)
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| sse_wsgi-gevent | fanout_1k | 20 |" in table
