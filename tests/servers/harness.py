@@ -65,8 +65,10 @@ class LiveServer:
         try:
             self.port = ports.get(timeout=START_TIMEOUT)
         except queue.Empty:
+            self.port = 0
+        if not self.port:
             self.stop()
-            raise RuntimeError(f"{self.kind} did not start within {START_TIMEOUT} s:\n" + self.output()) from None
+            raise RuntimeError(f"{self.kind} did not start within {START_TIMEOUT} s:\n" + self.output())
         self._wait_ready()
         return self
 
@@ -77,6 +79,7 @@ class LiveServer:
             match = _LISTENING.search(line)
             if match and not self.port:
                 ports.put(int(match.group(1)))
+        ports.put(0)  # the output ended: the process has exited
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
