@@ -16,6 +16,7 @@ import httptools
 
 CONNECT_CONCURRENCY = 200  # connections being opened at once
 LIVE_TIMEOUT = 120.0  # seconds for all subscribers to be live
+PUBLISH_TIMEOUT = 30.0  # seconds for one publish to be answered
 
 
 @dataclass
@@ -162,7 +163,7 @@ async def run_load(
             delay = start + seq / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await publisher.publish(seq, padding)
+        await asyncio.wait_for(publisher.publish(seq, padding), PUBLISH_TIMEOUT)
     published_in = time.monotonic() - start
     deadline = time.monotonic() + drain
     expected = events * subscribers

@@ -46,7 +46,9 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = START_TIME
 
 def gunicorn(worker: str, app: str, workers: int = 1) -> Callable[[int, int], list[str]]:
     def command(port: int, streams: int) -> list[str]:
-        options = ["--threads", str(streams + 32)] if worker == "gthread" else ["--worker-connections", "20000"]
+        options = ["--worker-connections", str(max(20_000, streams + 100))]
+        if worker == "gthread":
+            options += ["--threads", str(streams + 32)]
         return [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "-b", f"127.0.0.1:{port}",
                 "--backlog", "4096", "--timeout", "120", "--log-level", "warning", *options, app]  # fmt: skip
 
