@@ -17,6 +17,8 @@ import httptools
 CONNECT_CONCURRENCY = 200  # connections being opened at once
 LIVE_TIMEOUT = 120.0  # seconds for all subscribers to be live
 PUBLISH_TIMEOUT = 30.0  # seconds for one publish to be answered
+WARM_UP = b"warm-up"  # the data of the events that open streams which send nothing before the first event
+WARM_UP_INTERVAL = 0.5  # seconds
 
 
 @dataclass
@@ -75,7 +77,10 @@ class Subscriber(asyncio.Protocol):
             if start < 0:
                 continue  # a comment: stream open, heartbeat
             # flask-sse sends the data as a JSON string: data:"<seq> <time> ..."
-            seq, sent = event[start + 5 :].lstrip(b' "').split(b" ", 2)[:2]
+            data = event[start + 5 :].lstrip(b' "')
+            if data.startswith(WARM_UP):
+                continue
+            seq, sent = data.split(b" ", 2)[:2]
             number = int(seq)
             if number < len(self.counts):
                 self.counts[number] += 1
@@ -91,28 +96,6 @@ class Subscriber(asyncio.Protocol):
             self.transport.close()
 
 
-async def open_subscribers(port: int, path: str, count: int, delivery: Delivery) -> tuple[list[Subscriber], float]:
-    """Open *count* streams; return them and the seconds until all were live."""
-    loop = asyncio.get_running_loop()
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    started = time.monotonic()
-
-    async def one(index: int) -> Subscriber:
-        async with gate:
-            _, subscriber = await loop.create_connection(
-                lambda: Subscriber(request, delivery, index), "127.0.0.1", port
-            )
-            await asyncio.wait_for(asyncio.shield(subscriber.live), LIVE_TIMEOUT)
-            return subscriber
-
-    subscribers = await asyncio.gather(*(one(i) for i in range(count)))
-    failed = sum(1 for s in subscribers if not s.live.result())
-    if failed:
-        raise RuntimeError(f"{failed} of {count} streams did not open")
-    return list(subscribers), time.monotonic() - started
-
-
 class Publisher:
     """POSTs events on one keep-alive connection and waits for each answer."""
 
@@ -126,8 +109,10 @@ class Publisher:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
 
     async def publish(self, seq: int, padding: bytes) -> None:
+        await self.send(b"%d %.6f %s" % (seq, time.monotonic(), padding))
+
+    async def send(self, body: bytes) -> None:
         assert self.reader is not None and self.writer is not None
-        body = b"%d %.6f %s" % (seq, time.monotonic(), padding)
         self.writer.write(
             b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
             % (self.path.encode(), len(body), body)
@@ -148,16 +133,54 @@ class Publisher:
             await self.writer.wait_closed()
 
 
+async def open_subscribers(
+    port: int, path: str, count: int, delivery: Delivery, publisher: Publisher
+) -> tuple[list[Subscriber], float]:
+    """Open *count* streams; return them and the seconds until all were live.
+
+    A stream is live once body bytes arrive. Servers that send nothing before
+    the first event (flask-sse on gunicorn: not even the headers) get a
+    warm-up event every half second until every stream is live.
+    """
+    loop = asyncio.get_running_loop()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    started = time.monotonic()
+
+    async def one(index: int) -> Subscriber:
+        async with gate:
+            _, subscriber = await loop.create_connection(
+                lambda: Subscriber(request, delivery, index), "127.0.0.1", port
+            )
+            return subscriber
+
+    subscribers = await asyncio.gather(*(one(i) for i in range(count)))
+    all_live = asyncio.gather(*(asyncio.shield(s.live) for s in subscribers))
+    deadline = started + LIVE_TIMEOUT
+    while not all_live.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(all_live), WARM_UP_INTERVAL)
+        except asyncio.TimeoutError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every stream was live after {LIVE_TIMEOUT} s") from None
+            await asyncio.wait_for(publisher.send(WARM_UP), PUBLISH_TIMEOUT)
+    failed = sum(1 for s in subscribers if not s.live.result())
+    if failed:
+        raise RuntimeError(f"{failed} of {count} streams did not open")
+    return list(subscribers), time.monotonic() - started
+
+
 async def run_load(
     port: int, stream_path: str, subscribers: int, events: int, rate: float | None, payload: int, drain: float
 ) -> dict[str, float | int]:
     """Hold *subscribers* streams, publish *events* (at *rate* per second, or as fast as possible), measure."""
     delivery = Delivery(events, subscribers, [bytearray(events) for _ in range(subscribers)])
-    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery)
     publisher = Publisher(port)
     await publisher.connect()
+    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery, publisher)
     padding = b"x" * max(0, payload - 24)
     delivery.first_publish = start = time.monotonic()
+    client_cpu_before = time.process_time()
     for seq in range(events):
         if rate:
             delay = start + seq / rate - time.monotonic()
@@ -169,6 +192,8 @@ async def run_load(
     expected = events * subscribers
     while len(delivery.latencies) < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    client_cpu = time.process_time() - client_cpu_before
+    client_seconds = time.monotonic() - start
     await publisher.close()
     for stream in streams:
         stream.close()
@@ -194,10 +219,16 @@ async def run_load(
         "latency_p90_ms": round(percentile(0.90), 1),
         "latency_p99_ms": round(percentile(0.99), 1),
         "latency_max_ms": round(latencies[-1] * 1000, 1),
+        "client_cpu_percent": round(100 * client_cpu / client_seconds, 1),
     }
 
 
 async def hold_idle(port: int, stream_path: str, subscribers: int) -> tuple[list[Subscriber], float]:
     """Open *subscribers* streams and keep them; return them and the connect time."""
     delivery = Delivery(1, subscribers, [bytearray(1) for _ in range(subscribers)])
-    return await open_subscribers(port, stream_path, subscribers, delivery)
+    publisher = Publisher(port)
+    await publisher.connect()
+    try:
+        return await open_subscribers(port, stream_path, subscribers, delivery, publisher)
+    finally:
+        await publisher.close()

@@ -10,7 +10,7 @@ LIMIT = "limit-asyncio"
 REDIS = "sse_wsgi-redis-2w"
 COLUMNS = ["target", "scenario", "subscribers", "deliveries_per_second", "latency_p50_ms", "latency_p99_ms",
            "latency_max_ms", "lost", "duplicated", "connect_seconds", "server_rss_mb", "server_cpu_percent",
-           "rss_per_stream_kb", "idle_cpu_percent"]  # fmt: skip
+           "rss_per_stream_kb", "idle_cpu_percent", "client_cpu_percent"]  # fmt: skip
 
 
 def find(results: list[dict[str, Any]], target: str, scenario: str, subscribers: int | None = None) -> dict | None:
@@ -67,7 +67,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Benchmark run {machine['date']}",
         "",
         f"{machine['cpu_model']}, {machine['cpus']} CPUs, {machine['memory_gb']} GB, Python {machine['python']}; "
-        f"servers on CPU {machine['server_cpus']}, the load client on CPU {machine['client_cpus']}.",
+        f"servers on CPU {machine['server_cpus']}, the load client on CPU {machine['client_cpus']} "
+        f"({machine.get('client_loop', 'asyncio')} event loop).",
         "",
         "| " + " | ".join(COLUMNS) + " | note |",
         "|" + "---|" * (len(COLUMNS) + 1),

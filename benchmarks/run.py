@@ -1,8 +1,8 @@
 """Run the scenarios against every target in one invocation; write JSON, a Markdown table and a chart.
 
-    python -m benchmarks --all                 # the full run (about 15-25 minutes)
-    python -m benchmarks --smoke               # a tiny run that checks the harness (about 20 s)
-    python -m benchmarks --targets sse_wsgi-gevent limit-asyncio --scenarios fanout_1k
+python -m benchmarks --all                 # the full run (about 15-25 minutes)
+python -m benchmarks --smoke               # a tiny run that checks the harness (about 20 s)
+python -m benchmarks --targets sse_wsgi-gevent limit-asyncio --scenarios fanout_1k
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from .client import hold_idle, run_load
 from .targets import CLIENT_CPUS, SERVER_CPUS, TARGETS, RedisProcess, Server
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAM_PATH = "/events?channel=bench"
 
@@ -57,6 +59,23 @@ SMOKE_TARGETS = ["sse_wsgi-gevent", "limit-asyncio"]
 ONLY = {"sse_wsgi-redis-2w": {"fanout_1k"}}
 
 
+def client_loop() -> str:
+    """The client's event loop: uvloop when installed (the plain asyncio loop saturates the client CPU)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_client(coroutine: Coroutine[Any, Any, T]) -> T:
+    if client_loop() == "uvloop":
+        import uvloop
+
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
 def raise_open_file_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -76,7 +95,7 @@ def measure(target_name: str, load: Load, redis: RedisProcess | None) -> dict[st
         if load.events == 0:
             return {**base, **idle(server, load)}
         cpu_before, started = server.cpu_seconds(), time.monotonic()
-        figures = asyncio.run(
+        figures = run_client(
             run_load(server.port, STREAM_PATH, load.subscribers, load.events, load.rate, load.payload, load.drain)
         )
         elapsed = time.monotonic() - started
@@ -107,7 +126,7 @@ def idle(server: Server, load: Load) -> dict[str, Any]:
             "idle_cpu_percent": round(100 * cpu / load.idle, 2),
         }
 
-    return asyncio.run(hold())
+    return run_client(hold())
 
 
 def cpu_model() -> str:
@@ -126,6 +145,7 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "server_cpus": sorted(SERVER_CPUS),
         "client_cpus": sorted(CLIENT_CPUS),
+        "client_loop": client_loop(),
     }
 
 
