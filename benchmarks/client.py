@@ -133,9 +133,17 @@ class Publisher:
             await self.writer.wait_closed()
 
 
-async def open_subscribers(
-    port: int, path: str, count: int, delivery: Delivery, publisher: Publisher
-) -> tuple[list[Subscriber], float]:
+async def warm_up(port: int) -> None:
+    """Publish one warm-up event on a connection of its own (a server may close idle keep-alive ones)."""
+    publisher = Publisher(port)
+    await publisher.connect()
+    try:
+        await publisher.send(WARM_UP)
+    finally:
+        await publisher.close()
+
+
+async def open_subscribers(port: int, path: str, count: int, delivery: Delivery) -> tuple[list[Subscriber], float]:
     """Open *count* streams; return them and the seconds until all were live.
 
     A stream is live once body bytes arrive. Servers that send nothing before
@@ -163,7 +171,7 @@ async def open_subscribers(
         except asyncio.TimeoutError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not every stream was live after {LIVE_TIMEOUT} s") from None
-            await asyncio.wait_for(publisher.send(WARM_UP), PUBLISH_TIMEOUT)
+            await asyncio.wait_for(warm_up(port), PUBLISH_TIMEOUT)
     failed = sum(1 for s in subscribers if not s.live.result())
     if failed:
         raise RuntimeError(f"{failed} of {count} streams did not open")
@@ -175,9 +183,9 @@ async def run_load(
 ) -> dict[str, float | int]:
     """Hold *subscribers* streams, publish *events* (at *rate* per second, or as fast as possible), measure."""
     delivery = Delivery(events, subscribers, [bytearray(events) for _ in range(subscribers)])
+    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery)
     publisher = Publisher(port)
     await publisher.connect()
-    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery, publisher)
     padding = b"x" * max(0, payload - 24)
     delivery.first_publish = start = time.monotonic()
     client_cpu_before = time.process_time()
@@ -226,9 +234,4 @@ async def run_load(
 async def hold_idle(port: int, stream_path: str, subscribers: int) -> tuple[list[Subscriber], float]:
     """Open *subscribers* streams and keep them; return them and the connect time."""
     delivery = Delivery(1, subscribers, [bytearray(1) for _ in range(subscribers)])
-    publisher = Publisher(port)
-    await publisher.connect()
-    try:
-        return await open_subscribers(port, stream_path, subscribers, delivery, publisher)
-    finally:
-        await publisher.close()
+    return await open_subscribers(port, stream_path, subscribers, delivery)

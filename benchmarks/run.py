@@ -101,7 +101,7 @@ def measure(target_name: str, load: Load, redis: RedisProcess | None) -> dict[st
         elapsed = time.monotonic() - started
         return {**base, **figures, "server_rss_mb": round(server.rss() / 2**20, 1),
                 "server_cpu_percent": round(100 * (server.cpu_seconds() - cpu_before) / elapsed, 1)}  # fmt: skip
-    except (RuntimeError, OSError, asyncio.TimeoutError) as error:
+    except (RuntimeError, OSError, EOFError, asyncio.TimeoutError) as error:
         return {**base, "failed": f"{type(error).__name__}: {error}"}
     finally:
         server.stop()
