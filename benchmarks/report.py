@@ -55,7 +55,12 @@ def verdicts(results: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]
     per_stream = None if idle is None else idle["rss_per_stream_kb"]
     row("idle_10k: RSS per stream ≤ 10 KB", per_stream, per_stream is not None and per_stream <= 10, unit=" KB")
     idle_cpu = None if idle is None else idle["idle_cpu_percent"]
-    row("idle_10k: CPU while idle ≈ 0", idle_cpu, idle_cpu is not None and idle_cpu < 2, unit=" %")
+    row(
+        "idle_10k: CPU over one 15 s heartbeat period ≈ 0 (≤ 2 %)",
+        idle_cpu,
+        idle_cpu is not None and idle_cpu < 2,
+        unit=" %",
+    )
     redis = ratio(find(results, REDIS, "fanout_1k"), find(results, OURS, "fanout_1k"), "deliveries_per_second")
     row("Redis, 2 workers vs 1 in-memory worker ≥ 1.5x (fanout_1k)", redis, redis is not None and redis >= 1.5)
     return rows

@@ -40,7 +40,8 @@ class Load:
     rate: float | None
     payload: int = 64
     drain: float = 15.0  # seconds to wait for the last deliveries
-    idle: float = 10.0  # seconds of idle measurement (events == 0)
+    idle: float = 15.0  # seconds of idle measurement (events == 0): one heartbeat period of every app
+    settle: float = 5.0  # seconds between the last stream opening and the idle measurement
 
 
 SCENARIOS: dict[str, list[Load]] = {
@@ -52,11 +53,11 @@ SCENARIOS: dict[str, list[Load]] = {
 SMOKE = {
     "fanout_1k": [Load("fanout_1k", 20, 20, 100.0, drain=5.0)],
     "burst_100": [Load("burst_100", 10, 50, None, drain=5.0)],
-    "idle_10k": [Load("idle_10k", 50, 0, None, idle=1.0)],
+    "idle_10k": [Load("idle_10k", 50, 0, None, idle=1.0, settle=0.0)],
 }
 SMOKE_TARGETS = ["sse_wsgi-gevent", "limit-asyncio"]
 # The Redis-two-workers comparison is a fan-out question: run it there only.
-ONLY = {"sse_wsgi-redis-2w": {"fanout_1k"}}
+ONLY = {"sse_wsgi-redis-2w": {"fanout_1k"}, "sse_wsgi-redis-1w": {"fanout_1k"}}
 
 
 def client_loop() -> str:
@@ -112,6 +113,7 @@ def idle(server: Server, load: Load) -> dict[str, Any]:
 
     async def hold() -> dict[str, Any]:
         streams, connect_seconds = await hold_idle(server.port, STREAM_PATH, load.subscribers)
+        await asyncio.sleep(load.settle)
         rss_streams = server.rss()
         cpu_before = server.cpu_seconds()
         await asyncio.sleep(load.idle)

@@ -91,6 +91,8 @@ TARGETS = {
         Target("flask-sse-gevent", gunicorn("gevent", "benchmarks.apps.flask_sse_app:app"), 4_000, needs_redis=True,
                note="one Redis connection per stream"),
         Target("limit-asyncio", limit, 20_000),
+        Target("sse_wsgi-redis-1w", gunicorn("gevent", "benchmarks.apps.sse_wsgi_app:app"), 20_000, needs_redis=True,
+               note="1 gevent worker on Redis"),
         Target("sse_wsgi-redis-2w", gunicorn("gevent", "benchmarks.apps.sse_wsgi_app:app", workers=2), 20_000,
                needs_redis=True, note="2 gevent workers sharing one Redis"),
     ]

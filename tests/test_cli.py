@@ -19,7 +19,8 @@ import pytest
 
 from sse_wsgi import SSEMiddleware
 from sse_wsgi.cli import main
-from sse_wsgi.testing import EventStreamParser, read_events
+from sse_wsgi.testing import read_events
+from tests.chat import chat_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,21 +89,13 @@ def run_demo(args: list[str]) -> Iterator[str]:
 
 @pytest.mark.integration
 def test_python_m_sse_wsgi_serves_page_and_chat() -> None:
-    with run_demo([]) as base, httpx.Client(timeout=5) as client:
-        page = client.get(base + "/")
+    with run_demo([]) as base:
+        page = httpx.get(base + "/", timeout=5)
         assert page.status_code == 200 and "new EventSource(" in page.text
-        with client.stream("GET", base + "/events?channel=chat") as stream:
-            chunks = stream.iter_raw()
-            parser = EventStreamParser()
-            parser.feed(next(chunks))
-            sent = client.post(base + "/send", json={"name": "ann", "text": "héllo\nworld"})
-            assert sent.status_code == 200
-            events = []
-            while not events:
-                events = parser.feed(next(chunks))
-        assert client.post(base + "/send", content=b"not json").status_code == 400
-    assert (events[0].type, events[0].last_event_id) == ("chat", sent.text)
-    assert json.loads(events[0].data) == {"name": "ann", "text": "héllo\nworld"}
+        event, sent_id = chat_once(base, {"name": "ann", "text": "héllo\nworld"})
+        assert httpx.post(base + "/send", content=b"not json", timeout=5).status_code == 400
+    assert (event.type, event.last_event_id) == ("chat", sent_id)
+    assert json.loads(event.data) == {"name": "ann", "text": "héllo\nworld"}
 
 
 def test_demo_app_publishes_posted_messages() -> None:

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import httpx
 import pytest
 from werkzeug.test import Client
 
-from sse_wsgi.testing import EventStreamParser, read_events
+from sse_wsgi.testing import read_events
+from tests.chat import chat_once
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,19 +72,9 @@ def test_example_file_runs_and_chats(name: str) -> None:
     )  # fmt: skip
     try:
         wait_for_port(port, proc)
-        base = f"http://localhost:{port}"
-        with httpx.Client(timeout=5) as client, client.stream("GET", base + "/events?channel=chat") as stream:
-            chunks = stream.iter_raw()
-            parser = EventStreamParser()
-            parser.feed(next(chunks))
-            sent = client.post(base + "/send", json={"name": "bo", "text": "ünï"})
-            assert sent.status_code == 200
-            events = []
-            deadline = time.monotonic() + 10
-            while not events and time.monotonic() < deadline:
-                events = parser.feed(next(chunks))
-        assert (events[0].type, events[0].last_event_id) == ("chat", sent.text)
-        assert json.loads(events[0].data) == {"name": "bo", "text": "ünï"}
+        event, sent_id = chat_once(f"http://localhost:{port}", {"name": "bo", "text": "ünï"})
+        assert (event.type, event.last_event_id) == ("chat", sent_id)
+        assert json.loads(event.data) == {"name": "bo", "text": "ünï"}
     finally:
         proc.terminate()
         proc.wait(10)

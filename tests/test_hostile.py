@@ -22,6 +22,7 @@ from tests.servers.harness import LiveServer, start_server
 pytestmark = pytest.mark.integration
 
 APP = "tests.servers.apps.basic:app"
+HISTORY = 1000  # events the test app keeps (the Publisher default)
 
 
 def rss_kib(pid: int) -> int:
@@ -152,7 +153,7 @@ def test_reconnects_across_web_server_and_redis_restarts_lose_nothing(redis_serv
 
 
 def test_slow_consumers_are_cut_off_fast_ones_keep_up_and_memory_stays_flat() -> None:
-    """100 subscribers, 10 of which stop reading; each queue holds at most 100 events."""
+    """100 subscribers, 10 of which stop reading (queues of 100 events); RSS is flat once the history is full."""
     env = {"SSE_HEARTBEAT": "5", "SSE_QUEUE_SIZE": "100"}
     with start_server("gunicorn-gthread", APP, env=env, args=["--threads", "150"]) as server:
         fast = [FastReader(server, n) for n in range(90)]
@@ -169,9 +170,11 @@ def test_slow_consumers_are_cut_off_fast_ones_keep_up_and_memory_stays_flat() ->
         padding = "x" * 4000
         ids = []
         with httpx.Client(timeout=5) as client:
-            for _ in range(1500):
+            for _ in range(HISTORY + 500):
                 body = f"{time.monotonic():.6f} {padding}"
                 ids.append(client.post(server.url + "/publish?channel=load", content=body).text)
+                if len(ids) == HISTORY:  # the history is full from here on: memory must stay flat
+                    rss_full = rss_kib(server.proc.pid)  # type: ignore[union-attr]
         deadline = time.monotonic() + 30
         while any(len(r.events) < len(ids) for r in fast) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -179,14 +182,15 @@ def test_slow_consumers_are_cut_off_fast_ones_keep_up_and_memory_stays_flat() ->
         rss_end = rss_kib(server.proc.pid)  # type: ignore[union-attr]
         lags = sorted(lag for r in fast for lag in r.lags)
         p99 = lags[int(len(lags) * 0.99)]
-        figures("slow-consumers", rss_start_kib=rss_start, rss_end_kib=rss_end, cut_off=stats["slow_subscribers_cut"],
+        figures("slow-consumers", rss_start_kib=rss_start, rss_history_full_kib=rss_full, rss_end_kib=rss_end,
+                cut_off=stats["slow_subscribers_cut"],
                 fast_p50_ms=round(lags[len(lags) // 2] * 1000, 1), fast_p99_ms=round(p99 * 1000, 1),
                 events=len(ids))  # fmt: skip
         assert all([e.last_event_id for e in r.events] == ids for r in fast)  # fast ones got everything
         assert stats["slow_subscribers_cut"] == 10
         assert stats["subscriptions"] == 90
         assert p99 < 2.0  # seconds: the stalled ones never held the others up (a blocked publish would)
-        assert rss_end - rss_start < 40_000  # KiB: the stalled queues were dropped, not kept
+        assert rss_end - rss_full < 6_000  # KiB: flat once the history is full (stalled queues dropped, not kept)
         # A slow client that reconnects catches up from history.
         caught_up = read_some(server.url + "/events/load", ids[-101], 100, timeout=10)
         assert [e.last_event_id for e in caught_up][:100] == ids[-100:]

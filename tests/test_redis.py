@@ -240,9 +240,10 @@ def wait_subscribed(base: str, channel: str, count: int = 1) -> None:
 @pytest.mark.parametrize("kind", ["gunicorn-gthread", "gunicorn-gevent"])
 def test_two_servers_share_one_stream(redis_server: RedisServer, kind: str) -> None:  # noqa: F811
     env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
-    with start_server(kind, "tests.servers.apps.basic:app", env=env) as one, start_server(
-        kind, "tests.servers.apps.basic:app", env=env
-    ) as two:
+    with (
+        start_server(kind, "tests.servers.apps.basic:app", env=env) as one,
+        start_server(kind, "tests.servers.apps.basic:app", env=env) as two,
+    ):
         client, reader = open_stream(one.url, "/events/room")
         try:
             wait_subscribed(one.url, "room")
