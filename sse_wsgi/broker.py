@@ -55,7 +55,6 @@ class Record:
     retry: int | None = None
     chunk: bytes | None = field(default=None, compare=False)
 
-
     @classmethod
     def from_message(cls, seq: Any, wire_id: str, message: Message) -> Record:
         """Build the record of *message*, encoding it once unless its data is callable."""

@@ -35,7 +35,7 @@ def parse_message(body: bytes) -> dict[str, str]:
     try:
         message = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("the body must be JSON: {\"name\": ..., \"text\": ...}") from None
+        raise ValueError('the body must be JSON: {"name": ..., "text": ...}') from None
     if not isinstance(message, dict):
         raise ValueError("the body must be a JSON object")
     name, text = message.get("name"), message.get("text")

@@ -42,7 +42,6 @@ def drain_all() -> None:
         publisher.drain()
 
 
-
 def normalize_channels(channel: str | Iterable[str]) -> tuple[str, ...]:
     """Turn a channel name or an iterable of names into a tuple of unique names."""
     names = (channel,) if isinstance(channel, str) else channel

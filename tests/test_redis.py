@@ -254,6 +254,37 @@ def test_two_servers_share_one_stream(redis_server: RedisServer, kind: str) -> N
             client.close()
 
 
+@pytest.mark.parametrize("kind", ["gunicorn-gthread", "gunicorn-gevent"])
+def test_redis_restart_under_a_live_worker_keeps_the_stream_and_loses_nothing(
+    redis_server: RedisServer,  # noqa: F811
+    kind: str,
+) -> None:
+    """The receiver is a thread, or a greenlet under gevent: both reconnect and resume from the last id."""
+    env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "0.5"}
+    with start_server(kind, "tests.servers.apps.basic:app", env=env) as server:
+        client, reader = open_stream(server.url, "/events/room")
+        try:
+            wait_subscribed(server.url, "room")
+
+            def publish(text: str) -> str:
+                return httpx.post(server.url + "/publish?channel=room", content=text, timeout=5).text
+
+            before = [publish(f"before {n}") for n in range(3)]
+            reader.wait_for(3)
+            redis_server.stop()
+            time.sleep(1.0)  # the worker's receiver notices and backs off
+            redis_server.start()
+            with Publisher.from_url(redis_server.url) as other:  # another process, during the reconnect window
+                during = [other.publish(f"during {n}", "room") for n in range(5)]
+            after = [publish(f"after {n}") for n in range(3)]
+            events = reader.wait_for(11, timeout=15)
+            assert [e.last_event_id for e in events] == before + during + after
+            assert not reader.ended.is_set()  # the same stream throughout
+            assert httpx.get(server.url + "/stats", timeout=5).json()["reconnects"] >= 1
+        finally:
+            client.close()
+
+
 def test_resume_after_a_web_server_restart(redis_server: RedisServer) -> None:  # noqa: F811
     env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
     app = "tests.servers.apps.basic:app"
