@@ -1,6 +1,6 @@
 """Run the scenarios against every target in one invocation; write JSON, a Markdown table and a chart.
 
-python -m benchmarks --all                 # the full run (about 15-25 minutes)
+python -m benchmarks --all                 # the full run (about 15 minutes)
 python -m benchmarks --smoke               # a tiny run that checks the harness (about 20 s)
 python -m benchmarks --targets sse_wsgi-gevent limit-asyncio --scenarios fanout_1k
 """
@@ -56,7 +56,7 @@ SMOKE = {
     "idle_10k": [Load("idle_10k", 50, 0, None, idle=1.0, settle=0.0)],
 }
 SMOKE_TARGETS = ["sse_wsgi-gevent", "limit-asyncio"]
-# The Redis-two-workers comparison is a fan-out question: run it there only.
+# The Redis comparisons (one and two workers) are a fan-out question: run them there only.
 ONLY = {"sse_wsgi-redis-2w": {"fanout_1k"}, "sse_wsgi-redis-1w": {"fanout_1k"}}
 
 
