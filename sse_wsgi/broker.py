@@ -74,11 +74,16 @@ class Replay:
         in the history (evicted, or published before a restart).
     :param oldest_id: the wire id of the oldest record kept for these
         channels, if any.
+    :param after_seq: the ``seq`` of the given id: the client has every
+        record up to it, so a live record that arrives late with a ``seq``
+        up to it must not be sent again (a cross-process broker delivers
+        asynchronously).
     """
 
     records: list[Record]
     lost: bool = False
     oldest_id: str | None = None
+    after_seq: Any = None
 
 
 Deliver = Callable[[Record], None]

@@ -88,7 +88,7 @@ class MemoryBroker:
             oldest = [self._history[c][0] for c in channels if self._history.get(c)]
         records = [by_seq[seq] for seq in sorted(by_seq)]
         oldest_id = min(oldest, key=lambda r: r.seq).id if oldest else None
-        return Replay(records, lost=lost, oldest_id=oldest_id)
+        return Replay(records, lost=lost, oldest_id=oldest_id, after_seq=after)
 
     def _resolve(self, channels: tuple[str, ...], last_event_id: str) -> int | None:
         if self._custom_ids:

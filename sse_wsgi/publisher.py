@@ -211,7 +211,7 @@ class Publisher:
             chunk = self._chunk_for(subscription, record)
             if chunk is not None:
                 chunks.append(chunk)
-        subscription._replayed(chunks, replay.records[-1].seq if replay.records else None)
+        subscription._replayed(chunks, replay.records[-1].seq if replay.records else replay.after_seq)
 
     def _unregister(self, subscription: Subscription) -> None:
         with self._lock:
@@ -412,7 +412,7 @@ class Subscription:
         self._queue: deque[tuple[Any, bytes]] = deque()
         self._queue_size = queue_size
         self._wake = threading.Event()
-        self._skip_through: Any = None  # seq of the last replayed record, while live ones may repeat it
+        self._skip_through: Any = None  # live records up to this seq were replayed or are known to the client
         self._heartbeat = heartbeat
         self._deadline = None if max_lifetime is None else time.monotonic() + max_lifetime
         self._client_disconnected = client_disconnected

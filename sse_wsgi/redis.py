@@ -210,7 +210,7 @@ class RedisBroker:
             lost = self._trimmed_past(info, after)
         records = [self._record(i, f) for i, f in entries if wanted.intersection(json.loads(f["c"]))]
         oldest = info["first-entry"][0] if info is not None and info.get("first-entry") else None
-        return Replay(records, lost=lost, oldest_id=oldest)
+        return Replay(records, lost=lost, oldest_id=oldest, after_seq=_seq(after))
 
     def _stream_info(self) -> dict[str, Any] | None:
         try:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from sse_wsgi import HISTORY_LOST_EVENT, Event, Publisher, PublisherClosed, Subscription
+from sse_wsgi.broker import Record
+from sse_wsgi.memory import MemoryBroker
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent, parse_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,6 +265,32 @@ def test_resume_while_publishing_has_no_gap_and_no_duplicate() -> None:
     for subscription in subscriptions[:: max(1, len(subscriptions) // 20)]:
         assert [int(d) for d in data_of(take(subscription, total - 1))] == list(range(1, total))
     publisher.close()
+
+
+class LateBroker(MemoryBroker):
+    """The in-memory broker, delivering only on :meth:`release`, as a cross-process broker's reader does."""
+
+    def start(self, deliver) -> None:
+        self.held: list[Record] = []
+        self._deliver_late = deliver
+        super().start(self.held.append)
+
+    def release(self) -> None:
+        held = self.held[:]
+        self.held.clear()
+        for record in held:
+            self._deliver_late(record)
+
+
+def test_resume_skips_the_resumed_event_when_it_is_delivered_late() -> None:
+    broker = LateBroker()
+    with Publisher(broker) as publisher:
+        seen = publisher.publish("seen")
+        subscription = publisher.subscribe(last_event_id=seen)  # nothing after "seen" to replay yet
+        broker.release()  # "seen" reaches this process only now
+        publisher.publish("new")
+        broker.release()
+        assert data_of(take(subscription, 1)) == ["new"]
 
 
 # -- slow subscribers, close, stats ----------------------------------------------------------------
