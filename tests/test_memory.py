@@ -48,7 +48,7 @@ def test_history_zero_keeps_nothing_and_reports_loss() -> None:
     publish(broker, "x")
     replay = broker.replay(["c"], "0")
     assert replay is not None and replay.lost and replay.records == []
-    assert broker.replay(["c"], "1") == type(replay)([], lost=False, oldest_id=None)
+    assert broker.replay(["c"], "1") == type(replay)([], lost=False, oldest_id=None, after_seq=1)
 
 
 @pytest.mark.parametrize("bad_id", ["", "abc", "-1", "1.5", "1" * 25, " 1"])
