@@ -19,6 +19,7 @@ EXTRAS["test"] = sorted(
         "pytest-timeout>=2",
         "hypothesis>=6",
         "httpx>=0.25",
+        "h11>=0.14",
         "httpx-sse>=0.4",
         "sseclient-py>=1.8",
         "gevent>=23",
