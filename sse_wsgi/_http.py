@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
+
+from .event import Event
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
 
 __all__ = [
     "HOP_BY_HOP",
+    "OPENING_EVENT",
     "STREAM_HEADERS",
     "BadRequest",
     "check_channel_name",
     "decode_wsgi_text",
     "last_event_id",
     "query_params",
+    "text_answer",
 ]
 
 #: Headers of every event stream (no hop-by-hop header: WSGI forbids them).
@@ -41,7 +49,18 @@ MAX_LAST_EVENT_ID = 256  # characters; longer ones are ignored as malformed
 MAX_QUERY_FIELDS = 1000
 
 
-OPENING_CHUNK = b": stream open\n\n"
+#: The first chunk of a stream that has no ``retry:`` to send: the client sees the stream open at once.
+OPENING_EVENT = Event(comment="stream open")
+OPENING_CHUNK = OPENING_EVENT.encode()
+
+
+def text_answer(
+    start_response: StartResponse, status: str, body: str, extra: Sequence[tuple[str, str]] = ()
+) -> list[bytes]:
+    """Answer with a short ``text/plain`` *body*; *extra* headers are added."""
+    data = body.encode("utf-8")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))), *extra])
+    return [data]
 
 
 class OpenedStream:

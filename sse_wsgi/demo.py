@@ -10,6 +10,7 @@ import json
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
+from ._http import text_answer
 from .middleware import SSEMiddleware
 from .publisher import Publisher
 
@@ -56,35 +57,26 @@ def chat_app(environ: WSGIEnvironment, start_response: StartResponse) -> list[by
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
     if path == "/":
         if method not in ("GET", "HEAD"):
-            return _text(start_response, "405 Method Not Allowed", "use GET\n", [("Allow", "GET, HEAD")])
+            return text_answer(start_response, "405 Method Not Allowed", "use GET\n", [("Allow", "GET, HEAD")])
         page = chat_page()
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))])
         return [page] if method == "GET" else []
     if path == "/send":
         if method != "POST":
-            return _text(start_response, "405 Method Not Allowed", "use POST\n", [("Allow", "POST")])
+            return text_answer(start_response, "405 Method Not Allowed", "use POST\n", [("Allow", "POST")])
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY:
-            return _text(start_response, "400 Bad Request", f"send a JSON body of at most {MAX_BODY} bytes\n")
+            return text_answer(start_response, "400 Bad Request", f"send a JSON body of at most {MAX_BODY} bytes\n")
         try:
             message = parse_message(environ["wsgi.input"].read(length))
         except ValueError as error:
-            return _text(start_response, "400 Bad Request", f"{error}\n")
+            return text_answer(start_response, "400 Bad Request", f"{error}\n")
         event_id = publish_message(environ["sse.publisher"], message)
-        return _text(start_response, "200 OK", event_id)
-    return _text(start_response, "404 Not Found", "not found\n")
-
-
-def _text(
-    start_response: StartResponse, status: str, body: str, extra: list[tuple[str, str]] | None = None
-) -> list[bytes]:
-    data = body.encode("utf-8")
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
-    start_response(status, headers + (extra or []))
-    return [data]
+        return text_answer(start_response, "200 OK", event_id)
+    return text_answer(start_response, "404 Not Found", "not found\n")
 
 
 def make_app(publisher: Publisher | None = None, **options: Any) -> SSEMiddleware:

@@ -7,7 +7,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._http import STREAM_HEADERS, BadRequest, check_channel_name, decode_wsgi_text, last_event_id, query_params
+from ._http import (
+    OPENING_EVENT,
+    STREAM_HEADERS,
+    BadRequest,
+    check_channel_name,
+    decode_wsgi_text,
+    last_event_id,
+    query_params,
+    text_answer,
+)
 from ._servers import disconnect_probe, warn_if_not_concurrent
 from ._validate import check_count, check_seconds
 from .event import Event, check_retry
@@ -19,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["SSEMiddleware"]
 
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+_ALLOW = ("Allow", ALLOWED_METHODS)
 _PREFLIGHT_HEADERS = "Accept, Authorization, Cache-Control, Last-Event-ID, X-Requested-With"
 _PREFLIGHT_MAX_AGE = "600"  # seconds
 # A stream refused by max_subscribers tells the browser to come back after a
@@ -27,17 +37,6 @@ _SHED_RETRY_MS = (5_000, 15_000)
 # A stream asked of a draining process (one that is stopping) is told to come
 # back soon: the browser reconnects to another process.
 _DRAIN_RETRY_MS = (250, 2_000)
-
-
-def _text_response(status: str, body: str, extra: Sequence[tuple[str, str]] = ()) -> tuple[str, list, bytes]:
-    data = body.encode("utf-8")
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))), *extra]
-    return status, headers, data
-
-
-_FORBIDDEN = _text_response("403 Forbidden", "Forbidden\n")
-_NOT_ALLOWED = _text_response("405 Method Not Allowed", "Method not allowed\n", [("Allow", ALLOWED_METHODS)])
-_CLOSED = _text_response("503 Service Unavailable", "The event publisher is closed\n")
 
 
 class SSEMiddleware:
@@ -102,7 +101,7 @@ class SSEMiddleware:
         self.max_channels = max_channels
         self.max_subscribers = max_subscribers
         self.max_lifetime = max_lifetime
-        self._opening = Event(retry=retry) if retry is not None else Event(comment="stream open")
+        self._opening = Event(retry=retry) if retry is not None else OPENING_EVENT
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ["sse.publisher"] = self.publisher
@@ -113,19 +112,20 @@ class SSEMiddleware:
         cors = self._cors_headers(environ)
         if method == "OPTIONS":
             return self._preflight(environ, start_response, cors)
+        answer_cors = cors or []  # an origin that may not subscribe gets no CORS header
         if method not in ("GET", "HEAD"):
-            return _answer(start_response, _NOT_ALLOWED, cors)
+            return text_answer(start_response, "405 Method Not Allowed", "Method not allowed\n", [_ALLOW, *answer_cors])
         try:
             query = query_params(environ.get("QUERY_STRING", ""))
             channels = self._channels(target, query)
         except BadRequest as error:
-            return _answer(start_response, _text_response("400 Bad Request", f"Bad request: {error}\n"), cors)
+            return text_answer(start_response, "400 Bad Request", f"Bad request: {error}\n", answer_cors)
         if cors is None:
-            return _answer(start_response, _FORBIDDEN, [])
+            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
         if self.authorize is not None and not self.authorize(environ, channels):
-            return _answer(start_response, _FORBIDDEN, cors)
+            return text_answer(start_response, "403 Forbidden", "Forbidden\n", cors)
         if self.publisher.closed:
-            return _answer(start_response, _CLOSED, cors)
+            return text_answer(start_response, "503 Service Unavailable", "The event publisher is closed\n", cors)
         headers = STREAM_HEADERS + cors
         if method == "HEAD":
             start_response("200 OK", headers)
@@ -195,7 +195,7 @@ class SSEMiddleware:
     def _preflight(
         self, environ: WSGIEnvironment, start_response: StartResponse, cors: list[tuple[str, str]] | None
     ) -> Iterable[bytes]:
-        headers = [("Allow", ALLOWED_METHODS), ("Content-Length", "0")]
+        headers = [_ALLOW, ("Content-Length", "0")]
         if cors and environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"):
             headers += [
                 *cors,
@@ -205,14 +205,6 @@ class SSEMiddleware:
             ]
         start_response("204 No Content", headers)
         return []
-
-
-def _answer(
-    start_response: StartResponse, response: tuple[str, list, bytes], extra: Sequence[tuple[str, str]] | None
-) -> list[bytes]:
-    status, headers, body = response
-    start_response(status, headers + list(extra or ()))
-    return [body]
 
 
 def _normalize_paths(path: str | Sequence[str]) -> tuple[str, ...]:

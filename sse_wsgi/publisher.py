@@ -283,17 +283,19 @@ class Publisher:
                 subscribers = list(dict.fromkeys(s for n in record.channels for s in self._channels.get(n, ())))
         self._published += 1
         shared = record.chunk
+        delivered = 0
         for subscription in subscribers:
             chunk = shared if shared is not None else self._chunk_for(subscription, record)
             if chunk is None:
                 continue
             if subscription._put(record.seq, chunk):
-                self._delivered += 1
+                delivered += 1
             else:
                 self._cut_off += 1
                 logger.info("subscriber of %s cut off: %d events queued", subscription.channels, self._queue_size)
                 subscription._end(drop_queued=True)
                 self._unregister(subscription)
+        self._delivered += delivered
 
     def _chunk_for(self, subscription: Subscription, record: Record) -> bytes | None:
         """The encoded record for *subscription*; ``None`` when it gets nothing."""

@@ -124,11 +124,8 @@ class RedisBroker:
 
     def _head_id(self) -> str:
         """The id of the newest entry ever added to the stream (``0-0`` when there is none)."""
-        try:
-            info = self._client.xinfo_stream(self._key)
-        except redis.ResponseError:  # no such key yet
-            return "0-0"
-        return str(info["last-generated-id"])
+        info = self._stream_info()
+        return "0-0" if info is None else str(info["last-generated-id"])
 
     def _read_forever(self) -> None:
         backoff = BACKOFF_START
