@@ -166,7 +166,11 @@ class CuttableProxy:
         if not self.open.wait(30):
             client.close()
             return
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+        except OSError:  # the server behind is down: refuse, as a real proxy would
+            client.close()
+            return
         upstream.settimeout(None)
         with self.lock:
             self.sockets += [client, upstream]
@@ -257,11 +261,11 @@ def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: Redi
             page.wait_for_selector("#status[data-state=open]", timeout=TIMEOUT_MS)
             after = post(second.url, "a", "after the restart")
             got = wait_for_messages(page, 5)
+            page.screenshot(path=str(tmp_path / "after-restart.png"))
+            page.close()
         assert [m["id"] for m in got] == [before, *missed, after]
         assert [m["text"] for m in got] == ["before the restart", "during 0", "during 1", "during 2",
                                             "after the restart"]  # fmt: skip
-        page.screenshot(path=str(tmp_path / "after-restart.png"))
-        page.close()
     finally:
         proxy.close()
         first.stop()
