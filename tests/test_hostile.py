@@ -10,12 +10,14 @@ import json
 import socket
 import threading
 import time
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import h11
 import httpx
 import pytest
 
+from sse_wsgi import HISTORY_LOST_EVENT
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.servers.harness import LiveServer, start_server
@@ -156,9 +158,9 @@ def test_reconnects_across_web_server_and_redis_restarts_lose_nothing(redis_serv
 def test_slow_consumers_are_cut_off_fast_ones_keep_up_and_memory_stays_flat() -> None:
     """100 subscribers, 10 of them sleeping between small reads (queues of 100); RSS flat once the history is full."""
     env = {"SSE_HEARTBEAT": "5", "SSE_QUEUE_SIZE": "100"}
-    with start_server("gunicorn-gthread", APP, env=env, args=["--threads", "150"]) as server:
-        fast = [FastReader(server, n) for n in range(90)]
-        slow = [SlowReader(server, n) for n in range(10)]
+    with start_server("gunicorn-gthread", APP, env=env, args=["--threads", "150"]) as server, ExitStack() as streams:
+        fast = [streams.enter_context(closing(FastReader(server, n))) for n in range(90)]
+        slow = [streams.enter_context(closing(SlowReader(server, n))) for n in range(10)]
         deadline = time.monotonic() + 10
         while httpx.get(server.url + "/stats", timeout=5).json()["subscriptions"] < 100 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -190,54 +192,57 @@ def test_slow_consumers_are_cut_off_fast_ones_keep_up_and_memory_stays_flat() ->
         assert all([e.last_event_id for e in r.events] == ids for r in fast)  # fast ones got everything
         assert stats["slow_subscribers_cut"] == 10
         assert stats["subscriptions"] == 90
-        assert all(r.ended.is_set() for r in slow)  # each cut-off stream ended normally (chunked end)
+        assert [r.outcome for r in slow] == ["end of stream"] * 10  # each cut-off stream ended normally
         assert all(0 < len(r.events) < len(ids) for r in slow)
         assert p99 < 2.0  # seconds: the slow ones never held the others up (a blocked publish would)
         assert rss_end - rss_full < 6_000  # KiB: flat once the history is full (cut-off queues dropped, not kept)
-        # A cut-off client that reconnects from its last event catches up from history, missing nothing.
+        # A cut-off client that reconnects from its last event catches up from what history still holds.
+        # How much the kernel buffered before the cut depends on its TCP buffer sizes: when events it
+        # missed were already trimmed, the history-lost notice comes first.
         last = slow[0].events[-1].last_event_id
         missed = ids[ids.index(last) + 1 :]
-        assert 0 < len(missed) <= HISTORY  # cut off at queue_size (plus what the kernel buffers): still in history
-        resumed = read_some(server.url + "/events/load", last, len(missed), timeout=20)
-        assert [e.last_event_id for e in resumed] == missed
-        for reader in slow + fast:
-            reader.close()
+        kept = [i for i in missed if i in ids[-HISTORY:]]
+        assert kept
+        expected = ([HISTORY_LOST_EVENT] if len(kept) < len(missed) else []) + ["message"] * len(kept)
+        resumed = read_some(server.url + "/events/load", last, len(expected), timeout=20)
+        assert [e.type for e in resumed] == expected
+        assert [e.last_event_id for e in resumed if e.type == "message"] == kept
 
 
 class SlowReader:
-    """A client on a small receive buffer that sleeps between small reads, decoding the chunked stream with h11."""
+    """A client that sleeps between small reads, decoding the chunked stream with h11."""
 
     def __init__(self, server: LiveServer, n: int) -> None:
+        # The receive buffer keeps its default size: shrinking it below the loopback MSS makes the
+        # kernel advertise a zero window and back off its probes for minutes, whatever the reader does.
         self.sock = socket.create_connection(("127.0.0.1", server.port))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.http = h11.Connection(h11.CLIENT)
         request = h11.Request(method="GET", target="/events/load", headers=[("Host", "127.0.0.1")])
         self.sock.sendall(self.http.send(request) + self.http.send(h11.EndOfMessage()))
         self.pause, self.read_size = 0.2, 1024
         self.events: list[ReceivedEvent] = []
         self.ended = threading.Event()
+        self.outcome = "still open"
         threading.Thread(target=self._read, name=f"test-slow-{n}", daemon=True).start()
 
     def _read(self) -> None:
         parser = EventStreamParser()
-        while not self.ended.is_set():
-            try:
+        try:
+            while not self.ended.is_set():
                 data = self.sock.recv(self.read_size)
-            except OSError:
-                return
-            self.http.receive_data(data)
-            while (event := self.http.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
-                if isinstance(event, h11.Data):
-                    self.events.extend(parser.feed(bytes(event.data)))
-                elif isinstance(event, h11.EndOfMessage):
-                    self.ended.set()
-            if not data:
-                return
-            time.sleep(self.pause)
+                self.http.receive_data(data)
+                while (event := self.http.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+                    if isinstance(event, h11.Data):
+                        self.events.extend(parser.feed(bytes(event.data)))
+                    elif isinstance(event, h11.EndOfMessage):
+                        self.outcome = "end of stream"
+                        self.ended.set()
+                time.sleep(self.pause)
+        except (OSError, h11.ProtocolError) as error:  # the stream broke off: the assertion shows how
+            self.outcome = repr(error)
 
     def hurry(self) -> None:
         """Read as fast as a normal client from now on."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.pause, self.read_size = 0, 1 << 16
 
     def close(self) -> None:
@@ -249,7 +254,11 @@ class FastReader:
 
     def __init__(self, server: LiveServer, n: int) -> None:
         self.client = httpx.Client(timeout=httpx.Timeout(5, read=30))
-        self.response = self.client.send(self.client.build_request("GET", server.url + "/events/load"), stream=True)
+        try:
+            self.response = self.client.send(self.client.build_request("GET", server.url + "/events/load"), stream=True)
+        except httpx.HTTPError:
+            self.client.close()
+            raise
         self.events: list[ReceivedEvent] = []
         self.lags: list[float] = []
         threading.Thread(target=self._read, name=f"test-fast-{n}", daemon=True).start()

@@ -223,8 +223,12 @@ def test_redis_broker_rejects_bad_arguments(redis_server: RedisServer) -> None: 
 
 def open_stream(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[httpx.Client, Reader]:
     client = httpx.Client(timeout=httpx.Timeout(5, read=30))
-    response = client.send(client.build_request("GET", base + path, headers=headers), stream=True)
-    assert response.status_code == 200
+    try:
+        response = client.send(client.build_request("GET", base + path, headers=headers), stream=True)
+        assert response.status_code == 200
+    except Exception:
+        client.close()
+        raise
     return client, Reader(response.iter_raw(), name=f"test-stream-{path}")
 
 

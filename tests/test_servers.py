@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, closing
 
 import httpx
 import pytest
@@ -32,7 +33,11 @@ class RawStream:
 
     def __init__(self, base: str, path: str, name: str) -> None:
         self.client = httpx.Client(timeout=httpx.Timeout(5, read=30))
-        self.response = self.client.send(self.client.build_request("GET", base + path), stream=True)
+        try:
+            self.response = self.client.send(self.client.build_request("GET", base + path), stream=True)
+        except httpx.HTTPError:
+            self.client.close()
+            raise
         self.opened = time.monotonic()
         self.first_chunk = b""
         self.first_chunk_at = 0.0
@@ -112,8 +117,9 @@ def test_heartbeats_arrive_on_an_idle_stream(server: LiveServer) -> None:
 
 def test_many_concurrent_streams_each_get_every_event_in_order(server: LiveServer) -> None:
     assert wait_subscriptions(server, 0, HEARTBEAT + 3) == 0  # earlier tests' clients are gone
-    streams = [RawStream(server.url, "/events/crowd", f"test-crowd-{n}") for n in range(STREAMS)]
-    try:
+    with ExitStack() as opened:
+        streams = [opened.enter_context(closing(RawStream(server.url, "/events/crowd", f"test-crowd-{n}")))
+                   for n in range(STREAMS)]  # fmt: skip
         assert all(s.response.status_code == 200 for s in streams)
         assert wait_subscriptions(server, STREAMS, 10) == STREAMS
         ids = [publish(server, f"event {n}", "crowd") for n in range(EVENTS)]
@@ -122,9 +128,6 @@ def test_many_concurrent_streams_each_get_every_event_in_order(server: LiveServe
             assert [(e.data, e.last_event_id) for e in stream.events] == [
                 (f"event {n}", event_id) for n, event_id in enumerate(ids)
             ]
-    finally:
-        for stream in streams:
-            stream.close()
 
 
 def test_subscribers_are_freed_after_clients_disconnect(server: LiveServer) -> None:
