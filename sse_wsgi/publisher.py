@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._ticker import Ticker
 from ._validate import check_count, check_seconds
 from .broker import Broker, Message, Record, Replay
 from .errors import BrokerUnavailable, PublisherClosed
@@ -101,6 +102,7 @@ class Publisher:
         self._delivered = 0
         self._cut_off = 0
         self._refused = 0
+        self._ticker = Ticker()
         self._broker.start(self._deliver)
         _open_publishers.add(self)
 
@@ -162,6 +164,9 @@ class Publisher:
             is sent (it is what reveals a vanished client); ``None`` for none.
         :param max_lifetime: seconds after which the stream ends normally (the
             browser reconnects and resumes by id); ``None`` for no limit.
+            Both are kept by one ticker thread per publisher, which checks
+            every quarter of the shortest period asked for (at most every
+            second), so either may come up to that much late.
         :param client_disconnected: a callable the stream asks, whenever a
             heartbeat is due, whether the client has gone (a server's own
             signal, as waitress offers); the stream then ends at once.
@@ -186,6 +191,9 @@ class Publisher:
                 self._channels.setdefault(name, {})[subscription] = None
             subscription._registered = True
             self._subscription_count += 1
+        period = min(p for p in (heartbeat, max_lifetime, float("inf")) if p is not None)
+        if period != float("inf"):
+            self._ticker.add(subscription, period)
         if last_event_id is not None:
             self._prime(subscription, last_event_id)
         return subscription
@@ -219,6 +227,7 @@ class Publisher:
                 return
             subscription._registered = False
             self._subscription_count -= 1
+            self._ticker.discard(subscription)
             for name in subscription.channels:
                 subscribers = self._channels.get(name)
                 if subscribers is not None:
@@ -364,6 +373,7 @@ class Publisher:
             for subscription in subscriptions:
                 subscription._registered = False
             self._subscription_count = 0
+            self._ticker.clear()
         return subscriptions
 
     def close(self) -> None:
@@ -375,6 +385,7 @@ class Publisher:
             _open_publishers.discard(self)
         for subscription in self._take_all():
             subscription._end()
+        self._ticker.close()
         self._broker.close()
 
     def __enter__(self) -> Publisher:
@@ -436,8 +447,7 @@ class Subscription:
         if len(self._queue) >= self._queue_size:
             return False
         self._queue.append((seq, chunk))
-        if not self._wake.is_set():
-            self._wake.set()
+        self._wake_up()
         return True
 
     def _replayed(self, chunks: list[bytes], last_seq: Any) -> None:
@@ -463,13 +473,14 @@ class Subscription:
             chunks.append(chunk)
         return chunks
 
-    def _wait_seconds(self, now: float) -> float | None:
-        waits = []
-        if self._heartbeat is not None:
-            waits.append(self._last_sent + self._heartbeat - now)
-        if self._deadline is not None:
-            waits.append(self._deadline - now)
-        return max(0.0, min(waits)) if waits else None
+    def _is_due(self, now: float) -> bool:
+        """True when a heartbeat or the end of the stream's life is due (the publisher's ticker asks)."""
+        heartbeat_due = self._heartbeat is not None and now - self._last_sent >= self._heartbeat
+        return heartbeat_due or (self._deadline is not None and now >= self._deadline)
+
+    def _wake_up(self) -> None:
+        if not self._wake.is_set():
+            self._wake.set()
 
     def __iter__(self) -> Subscription:
         return self
@@ -493,7 +504,8 @@ class Subscription:
             self._wake.clear()
             if self._queue or self._ended or self._closed:
                 continue
-            self._wake.wait(self._wait_seconds(now))
+            # No timeout: the publisher's ticker wakes this stream when a heartbeat or its end is due.
+            self._wake.wait()
         self.close()
         raise StopIteration
 

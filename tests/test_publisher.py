@@ -442,7 +442,7 @@ def test_cooperative_under_gevent_monkey_patching() -> None:
     script = textwrap.dedent(
         """
         from gevent import monkey; monkey.patch_all()
-        import gevent, json
+        import gevent, json, os
         from sse_wsgi import Publisher
         from sse_wsgi.testing import EventStreamParser
 
@@ -467,7 +467,10 @@ def test_cooperative_under_gevent_monkey_patching() -> None:
         readers = [gevent.spawn(read, s) for s in subscriptions]
         gevent.joinall([gevent.spawn(produce, n) for n in range(publishers)], timeout=20)
         gevent.joinall(readers, timeout=20)
-        print(json.dumps({"counts": counts, "thread_is_patched": monkey.is_module_patched("threading")}))
+        heartbeat = next(publisher.subscribe(heartbeat=0.2))  # kept by the ticker, a greenlet here
+        os_threads = len(os.listdir("/proc/self/task"))
+        print(json.dumps({"counts": counts, "thread_is_patched": monkey.is_module_patched("threading"),
+                          "heartbeat": heartbeat.decode(), "os_threads": os_threads}))
         """
     )
     result = subprocess.run(
@@ -476,6 +479,8 @@ def test_cooperative_under_gevent_monkey_patching() -> None:
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["thread_is_patched"] is True
     assert outcome["counts"] == [1000] * 50
+    assert outcome["heartbeat"] == ": keep-alive\n\n"
+    assert outcome["os_threads"] == 1  # heartbeats and waits are greenlets, not OS threads
 
 
 def test_parse_events_of_a_subscription_matches_published(publisher: Publisher) -> None:
