@@ -134,9 +134,9 @@ class RedisProcess:
 class Server:
     """A running target; ``rss()`` and ``cpu_seconds()`` cover its process and its workers."""
 
-    def __init__(self, target: Target, streams: int, redis_url: str | None) -> None:
+    def __init__(self, target: Target, streams: int, redis_url: str | None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         env.pop("PYTHONDEVMODE", None)
         if redis_url:
             env["BENCH_REDIS_URL"] = redis_url

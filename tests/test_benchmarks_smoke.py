@@ -33,3 +33,19 @@ def test_smoke_run_delivers_every_event_and_writes_its_report(tmp_path: Path) ->
     assert all(r["rss_per_stream_kb"] is not None and r["connect_seconds"] > 0 for r in idle)
     table = (tmp_path / "smoke.md").read_text()
     assert "| sse_wsgi-gevent | fanout_1k | 20 |" in table
+
+
+def test_short_soak_loses_nothing_and_leaves_no_subscriber(tmp_path: Path) -> None:
+    require(len(__import__("os").sched_getaffinity(0)) >= 2, "the harness pins server and client to two CPUs")
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--soak", "--minutes", "0.25", "--out", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    [report] = tmp_path.glob("soak-*.json")
+    [soak] = json.loads(report.read_text())["results"]
+    assert soak["events_published"] > 500
+    assert soak["churner_connections"] > soak["churners"]  # they dropped and resumed
+    assert (soak["churner_events_lost"], soak["churner_events_duplicated"]) == (0, 0)
+    assert soak["churners_in_order"] is True
+    assert soak["slow_events_duplicated"] == 0
+    assert soak["subscriptions_left"] == 0

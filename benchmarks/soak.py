@@ -1,0 +1,228 @@
+"""The soak: minutes of steady publishing under reconnect churn and slow consumers, on gunicorn gevent.
+
+python -m benchmarks --soak --minutes 5
+
+Churners read for a random while, drop the connection and resume with
+``Last-Event-ID``: each must get every event from its first connection on,
+exactly once and in order. Slow readers take 1 KB every 0.2 s of a 100 KB/s
+stream, so that the server cuts them off once the kernel's buffers and their
+queue are full; after a minute they drop the connection and resume the same
+way (told, with the ``history-lost`` event, when history no longer covers
+them). The server's
+RSS is sampled all along: it must stay flat. At the end every client leaves,
+and the server must hold no subscriber within a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+
+from sse_wsgi import HISTORY_LOST_EVENT
+from sse_wsgi.testing import EventStreamParser
+
+from .client import Publisher
+from .targets import TARGETS, Server
+
+HEARTBEAT = 2.0  # seconds, so that the end check is quick
+QUEUE_SIZE = 50  # chunks a subscriber may have queued before it is cut off
+HISTORY = 5000  # events kept: 100 s at the default rate
+RATE = 50.0  # events per second
+PAYLOAD = 2048  # bytes of padding per event: 100 KB/s per stream
+SLOW_PHASE = 60.0  # seconds a slow reader reads slowly before it drops the connection and resumes
+CHURNERS = 100
+SLOW_READERS = 10
+SAMPLE_EVERY = 5.0  # seconds between RSS samples
+STREAM_PATH = "/events?channel=bench"
+
+
+class Stream(asyncio.Protocol):
+    """One connection to the events path; its events go to ``on_event``; ``done`` resolves when it ends."""
+
+    def __init__(self, last_event_id: str | None, on_event: Any) -> None:
+        resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+        self.request = f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{resume}\r\n".encode()
+        self.on_event = on_event
+        self.http = httptools.HttpResponseParser(self)
+        self.events = EventStreamParser()
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.http.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._finish(f"bad HTTP: {error}")
+
+    def on_body(self, body: bytes) -> None:
+        for event in self.events.feed(body):
+            self.on_event(event)
+
+    def on_message_complete(self) -> None:
+        self._finish("ended")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish("lost")
+
+    def _finish(self, how: str) -> None:
+        if not self.done.done():
+            self.done.set_result(how)
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass
+class Reader:
+    """What one client saw across all its connections."""
+
+    seqs: list[int] = field(default_factory=list)
+    last_id: str | None = None
+    first_seq: int | None = None
+    connections: int = 0
+    lost_notices: int = 0
+
+    def on_event(self, event: Any) -> None:
+        if event.type == HISTORY_LOST_EVENT:
+            self.lost_notices += 1
+            return
+        seq = int(event.data.split(" ", 1)[0])
+        if self.first_seq is None:
+            self.first_seq = seq
+        self.seqs.append(seq)
+        self.last_id = event.last_event_id
+
+    def tally(self, published: int) -> tuple[int, int, bool]:
+        """(lost, duplicated, in order) against the events published since this reader's first."""
+        if self.first_seq is None:
+            return published, 0, True
+        expected = set(range(self.first_seq, published))
+        return len(expected - set(self.seqs)), len(self.seqs) - len(set(self.seqs)), self.seqs == sorted(self.seqs)
+
+
+async def connect(port: int, reader: Reader) -> Stream:
+    loop = asyncio.get_running_loop()
+    _, stream = await loop.create_connection(lambda: Stream(reader.last_id, reader.on_event), "127.0.0.1", port)
+    reader.connections += 1
+    return stream
+
+
+async def churn(port: int, reader: Reader, until: float) -> None:
+    """Read for a random 0.5-3 s, drop the connection, resume; until *until*."""
+    while time.monotonic() < until:
+        stream = await connect(port, reader)
+        try:
+            await asyncio.wait_for(asyncio.shield(stream.done), random.uniform(0.5, 3.0))
+        except asyncio.TimeoutError:
+            pass
+        stream._finish("dropped")
+
+
+async def read_slowly(port: int, reader: Reader, until: float) -> None:
+    """Take 1 KB every 0.2 s (a twentieth of the stream's rate) for a while, then drop and resume."""
+    loop = asyncio.get_running_loop()
+    while time.monotonic() < until:
+        stream = Stream(reader.last_id, reader.on_event)
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            reader.connections += 1
+            await loop.sock_sendall(sock, stream.request)
+            phase_end = min(until, time.monotonic() + SLOW_PHASE)
+            while not stream.done.done() and time.monotonic() < phase_end:
+                data = await loop.sock_recv(sock, 1024)
+                if not data:
+                    break
+                stream.data_received(data)
+                await asyncio.sleep(0.2)
+        stream._finish("dropped")
+
+
+async def soak(port: int, server: Server, minutes: float) -> dict[str, Any]:
+    churners = [Reader() for _ in range(CHURNERS)]
+    slow = [Reader() for _ in range(SLOW_READERS)]
+    publisher = Publisher(port)
+    await publisher.connect()
+    padding = b"x" * PAYLOAD
+    started = time.monotonic()
+    until = started + minutes * 60
+    tasks = [asyncio.create_task(churn(port, r, until)) for r in churners]
+    tasks += [asyncio.create_task(read_slowly(port, r, until)) for r in slow]
+    samples: list[tuple[float, int]] = []
+    published = 0
+    next_sample = started
+    while time.monotonic() < until:
+        delay = started + published / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await publisher.send(b"%d %.6f %s" % (published, time.monotonic(), padding))
+        published += 1
+        if time.monotonic() >= next_sample:
+            samples.append((round(time.monotonic() - started, 1), server.rss()))
+            next_sample += SAMPLE_EVERY
+    await asyncio.gather(*tasks)
+    await publisher.close()
+    # The churners' last connections caught up? One last resume each collects the rest.
+    for reader in churners:
+        stream = await connect(port, reader)
+        deadline = time.monotonic() + 10
+        while (not reader.seqs or reader.seqs[-1] < published - 1) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stream._finish("dropped")
+    await asyncio.sleep(HEARTBEAT * 2 + 1)  # every client has left: each stream is freed at its next write
+    return figures(churners, slow, published, samples, await asyncio.to_thread(server_stats, port), minutes)
+
+
+def server_stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as answer:
+        return json.loads(answer.read())  # type: ignore[no-any-return]
+
+
+def figures(
+    churners: list[Reader], slow: list[Reader], published: int, samples: list[tuple[float, int]],
+    stats: dict[str, Any], minutes: float,
+) -> dict[str, Any]:  # fmt: skip
+    tallies = [r.tally(published) for r in churners]
+    warm = [rss for at, rss in samples if at >= 30] or [rss for _, rss in samples]  # after the history filled up
+    return {
+        "scenario": "soak",
+        "target": "sse_wsgi-gevent",
+        "minutes": minutes,
+        "events_published": published,
+        "churners": len(churners),
+        "churner_connections": sum(r.connections for r in churners),
+        "churner_events_lost": sum(t[0] for t in tallies),
+        "churner_events_duplicated": sum(t[1] for t in tallies),
+        "churners_in_order": all(t[2] for t in tallies),
+        "slow_readers": len(slow),
+        "slow_connections": sum(r.connections for r in slow),
+        "slow_subscribers_cut": stats["slow_subscribers_cut"],
+        "slow_history_lost_notices": sum(r.lost_notices for r in slow),
+        "slow_events_duplicated": sum(len(r.seqs) - len(set(r.seqs)) for r in slow),
+        "rss_mb_first": round(warm[0] / 2**20, 1),
+        "rss_mb_last": round(warm[-1] / 2**20, 1),
+        "rss_mb_max": round(max(warm) / 2**20, 1),
+        "subscriptions_left": stats["subscriptions"],
+    }
+
+
+def run_soak(minutes: float) -> dict[str, Any]:
+    from .run import run_client
+
+    env = {"BENCH_HEARTBEAT": str(HEARTBEAT), "BENCH_QUEUE_SIZE": str(QUEUE_SIZE), "BENCH_HISTORY": str(HISTORY)}
+    server = Server(TARGETS["sse_wsgi-gevent"], CHURNERS + SLOW_READERS + 50, None, env=env)
+    try:
+        return run_client(soak(server.port, server, minutes))
+    finally:
+        server.stop()
