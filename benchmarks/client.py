@@ -39,16 +39,12 @@ class Delivery:
         return lost, duplicated
 
 
-class Subscriber(asyncio.Protocol):
-    """One stream: parses the HTTP response and the events in its body."""
+class ResponseProtocol(asyncio.Protocol):
+    """Sends *request* once connected; httptools parses the answer and calls this object's ``on_*`` methods."""
 
-    def __init__(self, request: bytes, delivery: Delivery, index: int) -> None:
+    def __init__(self, request: bytes) -> None:
         self.request = request
-        self.delivery = delivery
-        self.counts = delivery.counts[index]
         self.parser = httptools.HttpResponseParser(self)
-        self.pending = b""
-        self.live: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,6 +56,21 @@ class Subscriber(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Subscriber(ResponseProtocol):
+    """One stream: parses the HTTP response and the events in its body."""
+
+    def __init__(self, request: bytes, delivery: Delivery, index: int) -> None:
+        super().__init__(request)
+        self.delivery = delivery
+        self.counts = delivery.counts[index]
+        self.pending = b""
+        self.live: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_headers_complete(self) -> None:
         if self.parser.get_status_code() != 200 and not self.live.done():
@@ -90,10 +101,6 @@ class Subscriber(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.live.done():
             self.live.set_result(False)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 class Publisher:

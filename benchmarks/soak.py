@@ -9,7 +9,7 @@ stream, so that the server cuts them off once the kernel's buffers and their
 queue are full; after a minute they drop the connection and resume the same
 way (told, with the ``history-lost`` event, when history no longer covers
 them). The server's
-RSS is sampled all along: it must stay flat. At the end every client leaves,
+RSS is sampled all along: once the history is full, it must stay flat. At the end every client leaves,
 and the server must hold no subscriber within a heartbeat.
 """
 
@@ -24,12 +24,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-import httptools
-
 from sse_wsgi import HISTORY_LOST_EVENT
 from sse_wsgi.testing import EventStreamParser
 
-from .client import Publisher
+from .client import Publisher, ResponseProtocol
 from .targets import TARGETS, Server
 
 HEARTBEAT = 2.0  # seconds, so that the end check is quick
@@ -44,43 +42,33 @@ SAMPLE_EVERY = 5.0  # seconds between RSS samples
 STREAM_PATH = "/events?channel=bench"
 
 
-class Stream(asyncio.Protocol):
+class Stream(ResponseProtocol):
     """One connection to the events path; its events go to ``on_event``; ``done`` resolves when it ends."""
 
     def __init__(self, last_event_id: str | None, on_event: Any) -> None:
         resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-        self.request = f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{resume}\r\n".encode()
+        super().__init__(f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{resume}\r\n".encode())
         self.on_event = on_event
-        self.http = httptools.HttpResponseParser(self)
         self.events = EventStreamParser()
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.http.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._finish(f"bad HTTP: {error}")
 
     def on_body(self, body: bytes) -> None:
         for event in self.events.feed(body):
             self.on_event(event)
 
     def on_message_complete(self) -> None:
-        self._finish("ended")
+        self.finish("ended")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish("lost")
+        self.finish("lost")
 
-    def _finish(self, how: str) -> None:
+    def close(self) -> None:
+        self.finish("dropped")
+
+    def finish(self, how: str) -> None:
         if not self.done.done():
             self.done.set_result(how)
-        if self.transport is not None:
-            self.transport.close()
+        super().close()
 
 
 @dataclass
@@ -126,7 +114,7 @@ async def churn(port: int, reader: Reader, until: float) -> None:
             await asyncio.wait_for(asyncio.shield(stream.done), random.uniform(0.5, 3.0))
         except asyncio.TimeoutError:
             pass
-        stream._finish("dropped")
+        stream.close()
 
 
 async def read_slowly(port: int, reader: Reader, until: float) -> None:
@@ -146,7 +134,7 @@ async def read_slowly(port: int, reader: Reader, until: float) -> None:
                     break
                 stream.data_received(data)
                 await asyncio.sleep(0.2)
-        stream._finish("dropped")
+        stream.close()
 
 
 async def soak(port: int, server: Server, minutes: float) -> dict[str, Any]:
@@ -179,7 +167,7 @@ async def soak(port: int, server: Server, minutes: float) -> dict[str, Any]:
         deadline = time.monotonic() + 10
         while (not reader.seqs or reader.seqs[-1] < published - 1) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        stream._finish("dropped")
+        stream.close()
     await asyncio.sleep(HEARTBEAT * 2 + 1)  # every client has left: each stream is freed at its next write
     return figures(churners, slow, published, samples, await asyncio.to_thread(server_stats, port), minutes)
 
@@ -194,7 +182,8 @@ def figures(
     stats: dict[str, Any], minutes: float,
 ) -> dict[str, Any]:  # fmt: skip
     tallies = [r.tally(published) for r in churners]
-    warm = [rss for at, rss in samples if at >= 30] or [rss for _, rss in samples]  # after the history filled up
+    history_full = HISTORY / RATE + SAMPLE_EVERY  # seconds: from here on, memory must stay flat
+    warm = [rss for at, rss in samples if at >= history_full] or [rss for _, rss in samples]
     return {
         "scenario": "soak",
         "target": "sse_wsgi-gevent",
@@ -210,9 +199,10 @@ def figures(
         "slow_subscribers_cut": stats["slow_subscribers_cut"],
         "slow_history_lost_notices": sum(r.lost_notices for r in slow),
         "slow_events_duplicated": sum(len(r.seqs) - len(set(r.seqs)) for r in slow),
-        "rss_mb_first": round(warm[0] / 2**20, 1),
+        "rss_mb_history_full": round(warm[0] / 2**20, 1),
         "rss_mb_last": round(warm[-1] / 2**20, 1),
         "rss_mb_max": round(max(warm) / 2**20, 1),
+        "rss_mb_samples": [[at, round(rss / 2**20, 1)] for at, rss in samples],
         "subscriptions_left": stats["subscriptions"],
     }
 

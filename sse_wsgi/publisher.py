@@ -31,6 +31,11 @@ HISTORY_LOST_EVENT = "history-lost"
 
 HEARTBEAT = Event(comment="keep-alive").encode()
 
+# The most bytes one chunk of a stream joins (one event larger than this goes
+# alone). A resuming client may be owed the whole history: in one chunk, that
+# would be one large copy per client, held until a slow client has read it.
+MAX_CHUNK_BYTES = 64 * 1024
+
 _BROKER_METHODS = ("start", "publish", "replay", "stats", "close")
 
 # The open publishers of this process, so that a shutdown hook can end every stream.
@@ -421,7 +426,7 @@ class Subscription:
         self.channels = channels
         self.properties = properties
         self._publisher = publisher
-        self._pending = initial
+        self._pending = deque(initial)
         self._queue: deque[tuple[Any, bytes]] = deque()
         self._queue_size = queue_size
         self._wake = threading.Event()
@@ -462,15 +467,23 @@ class Subscription:
         self._wake.set()
 
     def _take(self) -> list[bytes]:
-        chunks, self._pending = self._pending, []
+        """What goes out next, in order: replayed chunks, then queued ones, up to :data:`MAX_CHUNK_BYTES`."""
+        chunks: list[bytes] = []
+        size = 0
+        pending = self._pending
+        while pending and size < MAX_CHUNK_BYTES:
+            chunk = pending.popleft()
+            chunks.append(chunk)
+            size += len(chunk)
         queue = self._queue
-        while queue:
+        while queue and size < MAX_CHUNK_BYTES:
             seq, chunk = queue.popleft()
             if self._skip_through is not None:
                 if seq <= self._skip_through:
                     continue  # already sent from history
                 self._skip_through = None
             chunks.append(chunk)
+            size += len(chunk)
         return chunks
 
     def _is_due(self, now: float) -> bool:
@@ -516,6 +529,7 @@ class Subscription:
         self._closed = True
         self._publisher._unregister(self)
         self._queue.clear()
+        self._pending.clear()
         self._wake.set()
 
     def __enter__(self) -> Subscription:

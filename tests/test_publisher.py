@@ -15,6 +15,7 @@ import pytest
 from sse_wsgi import HISTORY_LOST_EVENT, Event, Publisher, PublisherClosed, Subscription
 from sse_wsgi.broker import Record
 from sse_wsgi.memory import MemoryBroker
+from sse_wsgi.publisher import MAX_CHUNK_BYTES
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent, parse_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,6 +234,25 @@ def test_resume_at_the_oldest_kept_boundary_loses_nothing() -> None:
         subscription = publisher.subscribe(last_event_id=ids[1])  # e2: everything after it is kept
         publisher.publish("e6")
         assert data_of(take(subscription, 4)) == ["e3", "e4", "e5", "e6"]
+
+
+def test_a_long_replay_goes_out_in_bounded_chunks_in_order() -> None:
+    """A client owed the whole history gets it in chunks of at most MAX_CHUNK_BYTES, not one copy of it all."""
+    with Publisher(history=2000) as publisher:
+        first = publisher.publish("start")
+        ids = [publisher.publish("x" * 1000 + str(n)) for n in range(1500)]
+        big = publisher.publish("y" * (MAX_CHUNK_BYTES * 2))  # one event larger than the bound goes alone
+        subscription = publisher.subscribe(last_event_id=first)
+        live = publisher.publish("live")
+        parser, chunks, events = EventStreamParser(), [], []
+        while len(events) < len(ids) + 2:
+            chunks.append(next(subscription))
+            events.extend(parser.feed(chunks[-1]))
+        subscription.close()
+    assert [e.last_event_id for e in events] == [*ids, big, live]
+    assert len(chunks) > 20
+    assert all(len(c) <= MAX_CHUNK_BYTES + 1100 for c in chunks if b"yyyy" not in c)  # one event past the mark
+    assert [len(c) > MAX_CHUNK_BYTES * 2 for c in chunks].count(True) == 1
 
 
 def test_id_from_before_a_restart_gets_the_notice_and_the_whole_history(publisher: Publisher) -> None:
