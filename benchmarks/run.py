@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", action="store_true", help="the soak run alone (see benchmarks/soak.py)")
     parser.add_argument("--minutes", type=float, default=5.0, help="how long the soak runs (default: 5)")
     args = parser.parse_args(argv)
+    if args.repeat < 1 or args.minutes <= 0:
+        parser.error("--repeat takes a whole number of at least 1, --minutes a positive number")
     if args.soak:
         return soak_main(args.minutes, args.out)
     scenarios = SMOKE if args.smoke else SCENARIOS

@@ -27,9 +27,9 @@ class Timed(Protocol):
 class Ticker:
     """Wake each registered stream when its heartbeat or end of life is due.
 
-    A stream waits for its next event with no timeout of its own: one timer
-    per wait costs a timer object, and under gevent an exception thrown into
-    the greenlet when it fires, on every event. Instead this one thread (a
+    A stream waits for its next event with no timeout of its own: a timeout
+    per wait would cost a timer object on every event, and under gevent an
+    exception thrown into the greenlet whenever one fires. Instead this one thread (a
     greenlet under gevent or eventlet monkey-patching) checks the registered
     streams every *interval* seconds: a quarter of the shortest period asked
     for, at most :data:`MAX_INTERVAL`. It starts with the first stream and
