@@ -426,7 +426,7 @@ class Subscription:
         self.channels = channels
         self.properties = properties
         self._publisher = publisher
-        self._pending = deque(initial)
+        self._pending = initial  # a list, not a deque: one per idle stream, and usually short
         self._queue: deque[tuple[Any, bytes]] = deque()
         self._queue_size = queue_size
         self._wake = threading.Event()
@@ -468,13 +468,13 @@ class Subscription:
 
     def _take(self) -> list[bytes]:
         """What goes out next, in order: replayed chunks, then queued ones, up to :data:`MAX_CHUNK_BYTES`."""
-        chunks: list[bytes] = []
-        size = 0
         pending = self._pending
-        while pending and size < MAX_CHUNK_BYTES:
-            chunk = pending.popleft()
-            chunks.append(chunk)
-            size += len(chunk)
+        taken = size = 0
+        while taken < len(pending) and size < MAX_CHUNK_BYTES:
+            size += len(pending[taken])
+            taken += 1
+        chunks = pending[:taken]
+        del pending[:taken]
         queue = self._queue
         while queue and size < MAX_CHUNK_BYTES:
             seq, chunk = queue.popleft()
