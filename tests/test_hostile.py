@@ -237,6 +237,9 @@ class SlowReader:
                     elif isinstance(event, h11.EndOfMessage):
                         self.outcome = "end of stream"
                         self.ended.set()
+                if not data and not self.ended.is_set():
+                    self.outcome = "closed before the end of the stream"
+                    return
                 time.sleep(self.pause)
         except (OSError, h11.ProtocolError) as error:  # the stream broke off: the assertion shows how
             self.outcome = repr(error)
