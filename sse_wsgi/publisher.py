@@ -196,9 +196,9 @@ class Publisher:
                 self._channels.setdefault(name, {})[subscription] = None
             subscription._registered = True
             self._subscription_count += 1
-        period = min(p for p in (heartbeat, max_lifetime, float("inf")) if p is not None)
-        if period != float("inf"):
-            self._ticker.add(subscription, period)
+        periods = [p for p in (heartbeat, max_lifetime) if p is not None]
+        if periods:
+            self._ticker.add(subscription, min(periods))
         if last_event_id is not None:
             self._prime(subscription, last_event_id)
         return subscription
