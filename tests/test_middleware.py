@@ -126,14 +126,17 @@ def test_several_prefixes(publisher: Publisher) -> None:
 @pytest.mark.parametrize(
     ("headers", "path"),
     [
-        ({"Last-Event-ID": "1"}, "/events"),
-        ({}, "/events?lastEventId=1"),
+        ({"Last-Event-ID": "FIRST"}, "/events"),
+        ({}, "/events?lastEventId=FIRST"),
     ],
     ids=["header", "query parameter"],
 )
 def test_last_event_id_resumes(app: SSEMiddleware, publisher: Publisher, headers: dict, path: str) -> None:
-    for n in range(1, 4):
+    first = publisher.publish("e1")
+    for n in range(2, 4):
         publisher.publish(f"e{n}")
+    path = path.replace("FIRST", first)
+    headers = {name: value.replace("FIRST", first) for name, value in headers.items()}
     events = read_events(app, path, 2, headers=headers)
     assert [e.data for e in events] == ["e2", "e3"]
 
