@@ -346,7 +346,6 @@ class Publisher:
                 raise TypeError(f"data must be a str or a value the serializer accepts: {error}") from error
             if not isinstance(payload, str):
                 raise TypeError(f"the serializer must return a str, not {type(payload).__name__}")
-        self._start_broker()
         return self._broker.publish(Message(channels, payload, event, id, retry))
 
     def _deliver(self, record: Record) -> None:
