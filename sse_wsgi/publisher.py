@@ -284,7 +284,9 @@ class Publisher:
             if chunk is not None:
                 chunks.append(chunk)
         last = replay.records[-1] if replay.records else None
-        subscription._replayed(chunks, replay.after_seq if last is None else last.seq, last_event_id if last is None else last.id)
+        subscription._replayed(
+            chunks, replay.after_seq if last is None else last.seq, last_event_id if last is None else last.id
+        )
 
     def _unregister(self, subscription: Subscription) -> None:
         with self._lock:

@@ -285,7 +285,7 @@ class RedisBroker:
             after = int(custom_n) if custom_n is not None else int(match.group(2))  # type: ignore[union-attr]
             pipe.xrange(self._stream, min=f"{after + 1}-0", max="+")
             (epoch, head), entries = pipe.execute()
-            if match is not None and match.group(1) != epoch or after > int(head or 0):
+            if (match is not None and match.group(1) != epoch) or after > int(head or 0):
                 after = 0  # another life's id, or one never given out: what is kept, after the loss event
                 entries = cast("list[Entry]", self._client.xrange(self._stream, min="-", max="+"))
                 lost = True

@@ -3,12 +3,11 @@ and real servers answer thousands of random requests with no 5xx and no subscrib
 
 from __future__ import annotations
 
-import warnings
-
 import json
 import random
 import socket
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 

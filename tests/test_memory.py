@@ -23,7 +23,10 @@ def test_ids_count_up_within_an_epoch_and_records_are_delivered_encoded_once() -
     delivered = started(broker)
     epoch = broker.epoch
     assert [publish(broker, "a"), publish(broker, "b")] == [f"{epoch}-1", f"{epoch}-2"]
-    assert [r.chunk for r in delivered] == [f"id: {epoch}-1\ndata: a\n\n".encode(), f"id: {epoch}-2\ndata: b\n\n".encode()]
+    assert [r.chunk for r in delivered] == [
+        f"id: {epoch}-1\ndata: a\n\n".encode(),
+        f"id: {epoch}-2\ndata: b\n\n".encode(),
+    ]
     assert [r.seq for r in delivered] == [1, 2]
 
 
