@@ -1,6 +1,7 @@
 """Production paths that must not lose events silently, each on real servers in subprocesses.
 
 - gunicorn ``--preload`` with several workers on Redis: a publish in either worker reaches the streams of both.
+- A fresh preloaded worker that gets several streams at once (its first ones) goes on serving.
 - A worker that stalls (its whole process group stopped) while another publishes more than the history holds:
   its clients get every event or the ``history-lost`` event at the gap, never a silent gap.
 - An in-memory publisher that restarts: an id from its last life gets ``history-lost``, never a replay that
@@ -201,6 +202,38 @@ def test_preloaded_workers_on_redis_each_deliver_a_publish_made_in_either(
         finally:
             for stream in streams:
                 stream.close()
+
+
+@pytest.mark.parametrize("kind", PRELOADED)
+def test_a_fresh_preloaded_worker_serves_streams_opened_at_once(kind: str) -> None:
+    """The first streams of a worker arrive together: what they start (a ticker, a reader) must not freeze it.
+
+    Under gevent a lock made in the master before the fork is a real OS
+    lock in the worker: a greenlet that yields while holding it blocks
+    every other greenlet that waits for it, and so the whole worker.
+    """
+    with start_server(kind, APP, env={"SSE_HEARTBEAT": "1"}) as live:
+        sockets = [socket.create_connection(("127.0.0.1", live.port), timeout=5) for _ in range(4)]
+        try:
+            for sock in sockets:  # every request is sent before any answer is read
+                sock.sendall(b"GET /events/together HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            try:
+                event_id = httpx.post(live.url + "/publish?channel=together", content=b"hello", timeout=5).text
+            except httpx.TimeoutException:
+                pytest.fail(f"{kind}: the worker froze once {len(sockets)} streams were opened at once")
+            for n, sock in enumerate(sockets):
+                received = b""
+                deadline = time.monotonic() + 5
+                while b"data: hello" not in received and time.monotonic() < deadline:
+                    try:
+                        received += sock.recv(4096)
+                    except TimeoutError:
+                        break
+                assert received.startswith(b"HTTP/1.1 200 "), f"stream {n}: {received!r}"
+                assert f"id: {event_id}\n".encode() in received and b"data: hello" in received, received
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
 # -- a stalled worker while another publishes more than the history holds --------------------------------------
