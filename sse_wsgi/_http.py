@@ -12,13 +12,15 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
 
 __all__ = [
+    "DEFAULT_RETRY_MS",
     "HOP_BY_HOP",
-    "OPENING_EVENT",
+    "OPENING_CHUNK",
     "STREAM_HEADERS",
     "BadRequest",
     "check_channel_name",
     "decode_wsgi_text",
     "last_event_id",
+    "opening_event",
     "query_params",
     "text_answer",
 ]
@@ -49,9 +51,19 @@ MAX_LAST_EVENT_ID = 256  # characters; longer ones are ignored as malformed
 MAX_QUERY_FIELDS = 1000
 
 
-#: The first chunk of a stream that has no ``retry:`` to send: the client sees the stream open at once.
-OPENING_EVENT = Event(comment="stream open")
-OPENING_CHUNK = OPENING_EVENT.encode()
+#: The reconnection delay (ms) every stream starts with unless one is configured.
+#: A browser keeps the last ``retry:`` it saw for the life of its EventSource,
+#: so each stream sets it again: a long hint sent by load shedding or a
+#: draining process does not stick to later streams.
+DEFAULT_RETRY_MS = 3000
+
+
+def opening_event(retry: int | None = None) -> Event:
+    """The first chunk of a stream: the client sees the stream open at once, with its ``retry:``."""
+    return Event(comment="stream open", retry=DEFAULT_RETRY_MS if retry is None else retry)
+
+
+OPENING_CHUNK = opening_event().encode()
 
 
 def text_answer(

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Protocol
 
+from ._process import ProcessLock, fork_generation
+
 __all__ = ["Ticker"]
 
 logger = logging.getLogger(__name__)
@@ -29,23 +31,24 @@ class Ticker:
 
     A stream waits for its next event with no timeout of its own: a timeout
     per wait would cost a timer object on every event, and under gevent an
-    exception thrown into the greenlet whenever one fires. Instead this one thread (a
-    greenlet under gevent or eventlet monkey-patching) checks the registered
-    streams every *interval* seconds: a quarter of the shortest period asked
-    for, at most :data:`MAX_INTERVAL`. It starts with the first stream and
-    ends at the first check that finds none left.
+    exception thrown into the greenlet whenever one fires. Instead this one
+    thread (a greenlet under gevent or eventlet monkey-patching) checks the
+    registered streams every *interval* seconds: a quarter of the shortest
+    period of the streams registered now, at most :data:`MAX_INTERVAL`. It
+    starts with the first stream and ends at the first check that finds
+    none left. Its lock and thread are made in the process that uses them
+    (see :mod:`sse_wsgi._process`).
     """
 
     def __init__(self, name: str = "sse-wsgi-ticker") -> None:
         self._name = name
-        self._streams: dict[Timed, None] = {}
-        self._lock = threading.Lock()
+        self._streams: dict[Timed, float] = {}  # stream -> its check interval
+        self._lock = ProcessLock()
         self._interval = MAX_INTERVAL
         self._closed = False
-        # Made with the thread, so that an app imported before monkey-patching
-        # (gunicorn --preload) still gets a cooperative event.
         self._poke: threading.Event | None = None
         self._thread: threading.Thread | None = None
+        self._generation = fork_generation()
 
     def add(self, stream: Timed, period: float) -> None:
         """Watch *stream*, which needs waking about every *period* seconds."""
@@ -53,15 +56,26 @@ class Ticker:
         with self._lock:
             if self._closed:
                 return
-            self._streams[stream] = None
+            if self._generation != fork_generation():  # a thread of the parent process does not run here
+                self._generation = fork_generation()
+                self._streams.clear()
+                self._thread = self._poke = None
+            self._streams[stream] = interval
+            poke = self._poke
             sooner = interval < self._interval
-            self._interval = min(self._interval, interval)
+            if sooner:
+                self._interval = interval
             if self._thread is None:
-                self._poke = threading.Event()
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            elif sooner and self._poke is not None:
-                self._poke.set()  # the thread waits for the old, longer interval: restart its wait
+                # Made with the thread, so that an app imported before monkey-patching
+                # (gunicorn --preload) still gets a cooperative event.
+                poke = self._poke = threading.Event()
+                thread = self._thread = threading.Thread(target=self._run, args=(poke,), name=self._name, daemon=True)
+            else:
+                thread = None
+        if thread is not None:
+            thread.start()  # outside the lock: under gevent, starting a thread yields
+        elif sooner and poke is not None:
+            poke.set()  # the thread waits for the old, longer interval: restart its wait
 
     def discard(self, stream: Timed) -> None:
         """Stop watching *stream*."""
@@ -81,21 +95,22 @@ class Ticker:
             thread, poke = self._thread, self._poke
         if poke is not None:
             poke.set()
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(_JOIN_TIMEOUT)
 
-    def _run(self) -> None:
-        poke = self._poke
-        assert poke is not None
+    def _run(self, poke: threading.Event) -> None:
         while True:
             poke.wait(self._interval)
             poke.clear()
             with self._lock:
-                if self._closed or not self._streams:
-                    self._thread = self._poke = None  # the next stream starts a new thread
-                    self._interval = MAX_INTERVAL
+                if self._closed or not self._streams or self._poke is not poke:
+                    if self._poke is poke:
+                        self._thread = self._poke = None  # the next stream starts a new thread
+                        self._interval = MAX_INTERVAL
                     return
                 streams = list(self._streams)
+                # The streams registered now set the pace: a short period that left no longer does.
+                self._interval = min(self._streams.values())
             try:
                 self._wake_due(streams, time.monotonic())
             except Exception:  # a logged boundary: the ticker must outlive one bad stream

@@ -5,7 +5,10 @@ resumption and carries published events to every process that shares it.
 The publisher does the local fan-out: it hands the broker a
 :class:`Message`, and the broker calls the publisher's ``deliver`` callback
 with one :class:`Record` per event, in id order, from whichever thread it
-receives them on.
+receives them on. When a cross-process broker finds that events reached
+the shared store but will never reach this process (its reader was away
+longer than the history covers, the store lost data), it calls the
+publisher's ``lost`` callback instead of skipping them silently.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Protocol
 
 from .event import Event
 
-__all__ = ["Broker", "Deliver", "Message", "Record", "Replay"]
+__all__ = ["Broker", "Deliver", "Lost", "Message", "Record", "Replay"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Message:
     retry: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """A published event with its place in the broker's order.
 
@@ -87,6 +90,9 @@ class Replay:
 
 
 Deliver = Callable[[Record], None]
+#: Called with the wire id of the oldest event still kept (``None`` if unknown)
+#: when events published since the last delivered record never reach this process.
+Lost = Callable[[str | None], None]
 
 
 class Broker(Protocol):
@@ -94,9 +100,18 @@ class Broker(Protocol):
 
     #: True when events cross processes: callable data is refused then.
     cross_process: bool
+    #: Events kept per channel (at least): a subscriber is cut off before it
+    #: falls further behind than the history covers.
+    history: int
 
-    def start(self, deliver: Deliver) -> None:
-        """Begin calling *deliver* with every record published from now on."""
+    def start(self, deliver: Deliver, lost: Lost) -> None:
+        """Make sure every record published from now on reaches *deliver* in this process.
+
+        Called before every subscription registers, so it must be cheap once
+        started; a broker starts its threads and connections here, in the
+        process that serves the subscribers (not in a server's master
+        process that forks its workers).
+        """
 
     def publish(self, message: Message) -> str:
         """Store and distribute *message*; return its wire id."""

@@ -1,121 +1,218 @@
-"""The in-memory broker: one process, ids from a counter, a bounded history per channel."""
+"""The in-memory broker: one process, ids from a counter with an epoch, a bounded history per channel and in all."""
 
 from __future__ import annotations
 
+import bisect
 import re
-import threading
-from collections import deque
+import secrets
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from ._process import ProcessLock, fork_generation
 from ._validate import check_count
-from .broker import Deliver, Message, Record, Replay
+from .broker import Deliver, Lost, Message, Record, Replay
 
 __all__ = ["MemoryBroker"]
 
-_SEQ_ID = re.compile(r"[0-9]{1,19}")
+#: An id this broker (in this life or another) gives out: ``<epoch>-<number>``.
+_OWN_ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,19})")
+
+
+def new_epoch() -> str:
+    """A fresh epoch: 8 random hex digits, so that ids from two lives of a publisher never match."""
+    return secrets.token_hex(4)
+
+
+class _Kept:
+    """A record in the history, and how many channels still keep it."""
+
+    __slots__ = ("holders", "record")
+
+    def __init__(self, record: Record, holders: int) -> None:
+        self.record = record
+        self.holders = holders
+
+
+class _Channel:
+    """One channel's history: its kept records (oldest first) and the last seq it no longer keeps."""
+
+    __slots__ = ("evicted_through", "kept")
+
+    def __init__(self) -> None:
+        self.kept: list[_Kept] = []
+        self.evicted_through = 0
 
 
 class MemoryBroker:
     """Keep events in this process; the default broker of :class:`~sse_wsgi.Publisher`.
 
-    Ids are ``"1"``, ``"2"``, ... in publish order. Each channel keeps its
-    last *history* events for ``Last-Event-ID`` resumption. An id from a
-    previous run of the process (greater than any id given out) is
-    answered as "events were lost", followed by the whole history.
+    Ids are ``"<epoch>-1"``, ``"<epoch>-2"``, ... in publish order, where the
+    epoch is new for each life of the broker (and in each process forked
+    from it), so an id given out before a restart is never mistaken for one
+    given out after: resuming from it gives the loss event, then the whole
+    history.
+
+    History is bounded twice: each channel keeps its last *history* events,
+    and the broker keeps at most *history_total* events in all (the oldest
+    go first). A channel that keeps no event keeps no state, so a million
+    quiet per-user channels cost at most *history_total* events. Once a
+    channel's state is gone, a resume on it counts as lost when any channel
+    forgot events after the id asked for (it cannot tell, so it says so).
 
     :param history: events kept per channel (0 keeps none).
+    :param history_total: events kept in all channels together.
     """
 
     cross_process = False
 
-    def __init__(self, history: int = 1000) -> None:
+    def __init__(self, history: int = 1000, *, history_total: int = 100_000) -> None:
         check_count("history", history, minimum=0)
-        self._history_size = history
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._history: dict[str, deque[Record]] = {}
-        self._evicted: dict[str, int] = {}  # per channel: the highest seq no longer kept
-        self._custom_ids = False
+        check_count("history_total", history_total)
+        self.history = history
+        self.history_total = history_total
+        self._lock = ProcessLock()
         self._deliver: Deliver | None = None
+        self._renew()
 
-    def start(self, deliver: Deliver) -> None:
-        """Call *deliver* with each record, under the lock that orders publishes."""
+    def _renew(self) -> None:
+        """Start a new life: a new epoch, nothing kept (at creation, and in a forked child)."""
+        self._generation = fork_generation()
+        self._epoch = new_epoch()
+        self._seq = 0
+        self._channels: dict[str, _Channel] = {}
+        self._order: OrderedDict[int, _Kept] = OrderedDict()
+        self._custom_ids: dict[str, int] = {}  # a caller's own id -> the seq of its newest kept record
+        self._forgotten_through = 0  # the highest seq evicted from a channel whose state is gone
+
+    def _check_fork(self) -> None:
+        if self._generation != fork_generation():
+            self._renew()
+
+    @property
+    def epoch(self) -> str:
+        """This life's epoch: ``f"{epoch}-0"`` is the id before the first event."""
+        self._check_fork()
+        return self._epoch
+
+    def start(self, deliver: Deliver, lost: Lost) -> None:
+        """Call *deliver* with each record, under the lock that orders publishes (nothing is ever lost in transit)."""
         self._deliver = deliver
 
     def publish(self, message: Message) -> str:
         """Number, keep and deliver *message*; return its wire id."""
         with self._lock:
+            self._check_fork()
             self._seq += 1
-            wire_id = message.id if message.id is not None else str(self._seq)
-            record = Record.from_message(self._seq, wire_id, message)
-            if message.id is not None:
-                self._custom_ids = True
-            for channel in message.channels:
-                self._keep(channel, record)
+            seq = self._seq
+            wire_id = message.id if message.id is not None else f"{self._epoch}-{seq}"
+            record = Record.from_message(seq, wire_id, message)
+            self._keep(record, custom=message.id is not None)
             if self._deliver is not None:
                 self._deliver(record)
         return wire_id
 
-    def _keep(self, channel: str, record: Record) -> None:
-        if self._history_size == 0:
-            self._evicted[channel] = record.seq
+    def _keep(self, record: Record, *, custom: bool) -> None:
+        if self.history == 0:
+            self._forgotten_through = record.seq
             return
-        kept = self._history.get(channel)
-        if kept is None:
-            kept = self._history[channel] = deque()
-        if len(kept) >= self._history_size:
-            self._evicted[channel] = kept.popleft().seq
-        kept.append(record)
+        kept = _Kept(record, len(record.channels))
+        self._order[record.seq] = kept
+        if custom:
+            self._custom_ids[record.id] = record.seq
+        for name in record.channels:
+            channel = self._channels.get(name)
+            if channel is None:
+                channel = self._channels[name] = _Channel()
+            channel.kept.append(kept)
+            if len(channel.kept) > self.history:
+                self._evict_oldest(name, channel)
+        while len(self._order) > self.history_total:
+            _, oldest = self._order.popitem(last=False)
+            self._forget_id(oldest.record)
+            for name in oldest.record.channels:
+                channel = self._channels.get(name)
+                if channel is not None and channel.kept and channel.kept[0] is oldest:
+                    self._evict_oldest(name, channel)
+
+    def _evict_oldest(self, name: str, channel: _Channel) -> None:
+        oldest = channel.kept.pop(0)
+        channel.evicted_through = oldest.record.seq
+        oldest.holders -= 1
+        if oldest.holders == 0 and self._order.pop(oldest.record.seq, None) is not None:
+            self._forget_id(oldest.record)
+        if not channel.kept:
+            del self._channels[name]
+            self._forgotten_through = max(self._forgotten_through, channel.evicted_through)
+
+    def _forget_id(self, record: Record) -> None:
+        if self._custom_ids.get(record.id) == record.seq:
+            del self._custom_ids[record.id]
 
     def replay(self, channels: Iterable[str], last_event_id: str) -> Replay | None:
-        """The kept records on *channels* published after *last_event_id*, in order."""
+        """The kept records on *channels* published after *last_event_id*, in order.
+
+        ``None`` when the id is neither one of this broker's (of any life) nor
+        a caller's id still kept. An id of another life, or of the future,
+        counts as lost, and the whole history of *channels* follows.
+        """
         channels = tuple(channels)
         with self._lock:
-            after = self._resolve(channels, last_event_id)
+            self._check_fork()
+            after = self._resolve(last_event_id)
             if after is None:
                 return None
-            lost = after > self._seq  # an id from before a restart
+            lost = after < 0 or after > self._seq
             if lost:
                 after = 0
-            lost = lost or any(self._evicted.get(channel, 0) > after for channel in channels)
             by_seq: dict[int, Record] = {}
-            for channel in channels:
-                for record in reversed(self._history.get(channel, ())):
-                    if record.seq <= after:
-                        break
-                    by_seq[record.seq] = record
-            oldest = [self._history[c][0] for c in channels if self._history.get(c)]
+            oldest: list[Record] = []
+            for name in channels:
+                channel = self._channels.get(name)
+                if channel is None:
+                    lost = lost or self._forgotten_through > after
+                    continue
+                lost = lost or channel.evicted_through > after
+                kept = channel.kept
+                oldest.append(kept[0].record)
+                start = bisect.bisect_right(kept, after, key=lambda k: k.record.seq)
+                for entry in kept[start:]:
+                    by_seq[entry.record.seq] = entry.record
         records = [by_seq[seq] for seq in sorted(by_seq)]
         oldest_id = min(oldest, key=lambda r: r.seq).id if oldest else None
         return Replay(records, lost=lost, oldest_id=oldest_id, after_seq=after)
 
-    def _resolve(self, channels: tuple[str, ...], last_event_id: str) -> int | None:
-        if self._custom_ids:
-            for channel in channels:
-                for record in reversed(self._history.get(channel, ())):
-                    if record.id == last_event_id:
-                        return int(record.seq)
-        if _SEQ_ID.fullmatch(last_event_id):
-            return int(last_event_id)
-        return None
+    def _resolve(self, last_event_id: str) -> int | None:
+        """The seq after which to resume; -1 for an id of another life; ``None`` for an unknown id."""
+        custom = self._custom_ids.get(last_event_id)
+        if custom is not None:
+            return custom
+        match = _OWN_ID.fullmatch(last_event_id)
+        if match is None:
+            return None
+        return int(match.group(2)) if match.group(1) == self._epoch else -1
 
     def stats(self) -> dict[str, Any]:
-        """History figures: events kept, and the first and last id kept."""
+        """History figures: events and channels kept, and the first and last id kept."""
         with self._lock:
-            firsts = [kept[0] for kept in self._history.values() if kept]
-            lasts = [kept[-1] for kept in self._history.values() if kept]
-            kept_records = {id(r) for kept in self._history.values() for r in kept}
-        return {
-            "broker": "memory",
-            "history_size": len(kept_records),
-            "history_per_channel": self._history_size,
-            "first_id": min(firsts, key=lambda r: r.seq).id if firsts else None,
-            "last_id": max(lasts, key=lambda r: r.seq).id if lasts else None,
-        }
+            self._check_fork()
+            first = next(iter(self._order.values()), None)
+            last = next(reversed(self._order.values()), None)
+            return {
+                "broker": "memory",
+                "epoch": self._epoch,
+                "history_size": len(self._order),
+                "history_per_channel": self.history,
+                "history_total": self.history_total,
+                "channels_kept": len(self._channels),
+                "first_id": first.record.id if first is not None else None,
+                "last_id": last.record.id if last is not None else None,
+            }
 
     def close(self) -> None:
         """Stop delivering; the history is dropped."""
         with self._lock:
             self._deliver = None
-            self._history.clear()
+            self._channels.clear()
+            self._order.clear()
+            self._custom_ids.clear()

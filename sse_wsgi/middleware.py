@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._http import (
-    OPENING_EVENT,
     STREAM_HEADERS,
     BadRequest,
     check_channel_name,
     decode_wsgi_text,
     last_event_id,
+    opening_event,
     query_params,
     text_answer,
 )
@@ -52,9 +52,14 @@ class SSEMiddleware:
     :param authorize: ``authorize(environ, channels)``; false gives ``403``.
     :param properties: ``properties(environ)`` gives the subscriber's properties.
     :param heartbeat: seconds between keep-alive comments on an idle stream.
-    :param retry: reconnection delay (ms) sent at the start of every stream.
-    :param cors_origins: origins allowed to subscribe cross-origin, with
-        credentials; ``"*"`` allows any.
+    :param retry: reconnection delay (ms) sent at the start of every stream;
+        ``None`` sends :data:`~sse_wsgi._http.DEFAULT_RETRY_MS` (3000), so a
+        longer hint given by load shedding never sticks in the browser.
+    :param cors_origins: origins allowed to subscribe cross-origin with
+        credentials (each echoed back with
+        ``Access-Control-Allow-Credentials: true``); ``"*"`` allows any
+        origin *without* credentials, so no other site can read a logged-in
+        user's streams. The opaque origin ``null`` is allowed only if listed.
     :param max_channels: the most channels one stream may ask for.
     :param max_subscribers: the most open streams; beyond it a client gets a
         stream that only carries a ``retry:`` hint and ends.
@@ -101,7 +106,7 @@ class SSEMiddleware:
         self.max_channels = max_channels
         self.max_subscribers = max_subscribers
         self.max_lifetime = max_lifetime
-        self._opening = Event(retry=retry) if retry is not None else OPENING_EVENT
+        self._opening = opening_event(retry)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ["sse.publisher"] = self.publisher
@@ -164,7 +169,7 @@ class SSEMiddleware:
     def _match(self, path_info: str) -> tuple[str, str | None] | None:
         """``(prefix, None)`` for the query form, ``(prefix, raw name)`` for ``{path}/{name}``."""
         for prefix in self.paths:
-            if path_info == prefix:
+            if path_info in (prefix, prefix + "/"):
                 return prefix, None
             if path_info.startswith(prefix + "/"):
                 return prefix, path_info[len(prefix) + 1 :]
@@ -184,13 +189,17 @@ class SSEMiddleware:
         origin = environ.get("HTTP_ORIGIN")
         if origin is None:
             return []
-        if self.cors_origins == "*" or origin in self.cors_origins:
+        if self.cors_origins != "*" and origin in self.cors_origins:  # listed: credentials allowed
             return [
                 ("Access-Control-Allow-Origin", origin),
                 ("Access-Control-Allow-Credentials", "true"),
                 ("Vary", "Origin"),
             ]
-        return [] if _is_same_origin(origin, environ) else None
+        if _is_same_origin(origin, environ):
+            return []
+        if self.cors_origins == "*" and origin != "null":
+            return [("Access-Control-Allow-Origin", "*")]  # never with credentials: the browser sends no cookies
+        return None
 
     def _preflight(
         self, environ: WSGIEnvironment, start_response: StartResponse, cors: list[tuple[str, str]] | None
@@ -227,6 +236,8 @@ def _normalize_origins(origins: str | Iterable[str]) -> str | frozenset[str]:
         origins = [origins]
     normalized = frozenset(origins)
     for origin in normalized:
+        if origin == "null":
+            continue  # the opaque origin (sandboxed iframes, file: pages), allowed only when listed
         if not isinstance(origin, str) or "://" not in origin or origin.endswith("/"):
             raise ValueError(f"cors_origins entries must be origins like 'https://example.com': {origin!r}")
     return normalized

@@ -6,11 +6,13 @@ import json
 import logging
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._process import ProcessLock, fork_generation
 from ._ticker import Ticker
 from ._validate import check_count, check_seconds
 from .broker import Broker, Message, Record, Replay
@@ -31,6 +33,9 @@ HISTORY_LOST_EVENT = "history-lost"
 
 HEARTBEAT = Event(comment="keep-alive").encode()
 
+#: Events queued for one subscriber at most, unless half the history is less.
+DEFAULT_QUEUE_SIZE = 1000
+
 # The most bytes one chunk of a stream joins (one event larger than this goes
 # alone). A resuming client may be owed the whole history: in one chunk, that
 # would be one large copy per client, held until a slow client has read it.
@@ -46,6 +51,27 @@ def drain_all() -> None:
     """:meth:`~Publisher.drain` every open :class:`Publisher` of this process (for a shutdown hook)."""
     for publisher in list(_open_publishers):
         publisher.drain()
+
+
+def _queue_limit(queue_size: int | None, history: int) -> int:
+    covered = history // 2  # what a cut-off subscriber missed, and as much again while it reconnects
+    if queue_size is None:
+        return max(1, min(DEFAULT_QUEUE_SIZE, covered)) if history else DEFAULT_QUEUE_SIZE
+    if history and queue_size > covered:
+        warnings.warn(
+            f"queue_size={queue_size} is more than half of history={history}: a subscriber cut off for being "
+            "slow may find the events it missed gone when it resumes (it gets the history-lost event); "
+            "raise history or leave queue_size to its default",
+            UserWarning,
+            stacklevel=3,
+        )
+    return queue_size
+
+
+def history_lost_chunk(last_event_id: str | None, oldest_id: str | None) -> bytes:
+    """The encoded :data:`HISTORY_LOST_EVENT`: events after *last_event_id* are gone, *oldest_id* is the oldest kept."""
+    lost = {"last_event_id": last_event_id, "oldest_id": oldest_id}
+    return Event(json.dumps(lost), event=HISTORY_LOST_EVENT).encode()
 
 
 def normalize_channels(channel: str | Iterable[str]) -> tuple[str, ...]:
@@ -73,8 +99,15 @@ class Publisher:
     :param history: events kept per channel for ``Last-Event-ID``
         resumption, for the default in-memory broker (a broker passed in
         keeps its own history).
-    :param queue_size: chunks queued for one subscriber before it counts as
-        too slow and is disconnected (it then resumes from history).
+    :param history_total: events the default in-memory broker keeps in all
+        channels together (the oldest go first), so that many quiet
+        channels cannot grow memory without bound.
+    :param queue_size: events queued for one subscriber before it counts as
+        too slow and is disconnected (it then resumes from history). By
+        default :data:`DEFAULT_QUEUE_SIZE`, or half the broker's per-channel
+        history if that is less, so that a subscriber cut off finds what it
+        missed, and as much again published while it reconnects, still in
+        history. A larger size is honoured with a warning.
     :param serializer: turns non-``str`` data into text; compact JSON by
         default.
 
@@ -87,18 +120,24 @@ class Publisher:
         broker: Broker | None = None,
         *,
         history: int = 1000,
-        queue_size: int = 1000,
+        history_total: int = 100_000,
+        queue_size: int | None = None,
         serializer: Serializer | None = None,
     ) -> None:
-        check_count("queue_size", queue_size)
+        if queue_size is not None:
+            check_count("queue_size", queue_size)
         if serializer is not None and not callable(serializer):
             raise TypeError(f"serializer must be a callable returning str, not {serializer!r}")
         if broker is not None and not all(callable(getattr(broker, name, None)) for name in _BROKER_METHODS):
             raise TypeError(f"broker must implement sse_wsgi.broker.Broker ({', '.join(_BROKER_METHODS)}): {broker!r}")
-        self._broker: Broker = MemoryBroker(history) if broker is None else broker
+        if broker is not None and not isinstance(getattr(broker, "history", None), int):
+            raise TypeError(f"broker must have an int history (events kept per channel): {broker!r}")
+        self._broker: Broker = MemoryBroker(history, history_total=history_total) if broker is None else broker
         self._serializer: Serializer = serializer or json_serializer
-        self._queue_size = queue_size
-        self._lock = threading.Lock()
+        #: Events queued for one subscriber at most; one more cuts it off.
+        self.queue_limit = _queue_limit(queue_size, self._broker.history)
+        self._lock = ProcessLock()
+        self._started_in = -1  # the fork generation in which the broker was last started
         self._channels: dict[str, dict[Subscription, None]] = {}
         self._closed = False
         self._draining = False
@@ -108,19 +147,22 @@ class Publisher:
         self._cut_off = 0
         self._refused = 0
         self._ticker = Ticker()
-        self._broker.start(self._deliver)
         _open_publishers.add(self)
 
     @classmethod
-    def from_url(cls, url: str, *, history: int = 1000, **kwargs: Any) -> Publisher:
+    def from_url(cls, url: str, *, history: int = 1000, key: str = "sse_wsgi", **kwargs: Any) -> Publisher:
         """A publisher on the Redis server at *url* (``redis://host:6379/0``).
+
+        :param key: the prefix of every Redis key this publisher uses: apps
+            that share one Redis database with different keys never see each
+            other's events.
 
         Needs the ``sse-wsgi[redis]`` extra. Other keyword arguments go to
         :class:`Publisher`.
         """
         from .redis import RedisBroker
 
-        return cls(RedisBroker.from_url(url, history=history), **kwargs)
+        return cls(RedisBroker.from_url(url, history=history, key=key), **kwargs)
 
     @property
     def broker(self) -> Broker:
@@ -150,7 +192,7 @@ class Publisher:
         properties: Any = None,
         initial_data: Iterable[Any] = (),
         last_event_id: str | None = None,
-        heartbeat: float | None = None,
+        heartbeat: float | None = 15.0,
         *,
         max_lifetime: float | None = None,
         client_disconnected: Callable[[], bool] | None = None,
@@ -166,15 +208,17 @@ class Publisher:
             :data:`HISTORY_LOST_EVENT` event comes first. A malformed id is
             ignored.
         :param heartbeat: seconds without events after which a comment chunk
-            is sent (it is what reveals a vanished client); ``None`` for none.
+            is sent (it is what reveals a vanished client, so that a view that
+            returns ``publisher.subscribe()`` frees it); ``None`` for none.
         :param max_lifetime: seconds after which the stream ends normally (the
             browser reconnects and resumes by id); ``None`` for no limit.
             Both are kept by one ticker thread per publisher, which checks
             every quarter of the shortest period asked for (at most every
             second), so either may come up to that much late.
-        :param client_disconnected: a callable the stream asks, whenever a
-            heartbeat is due, whether the client has gone (a server's own
-            signal, as waitress offers); the stream then ends at once.
+        :param client_disconnected: a callable the stream asks, about once a
+            heartbeat period even while events flow, whether the client has
+            gone (a server's own signal, as waitress offers); the stream then
+            ends at once.
         """
         channels = normalize_channels(channel)
         check_seconds("heartbeat", heartbeat)
@@ -187,8 +231,12 @@ class Publisher:
             raise TypeError("initial_data must be a list of items, not a single str or bytes")
         initial = [self._encode_initial(item) for item in initial_data]
         subscription = Subscription(
-            self, channels, properties, initial, heartbeat, max_lifetime, client_disconnected, self._queue_size
+            self, channels, properties, initial, heartbeat, max_lifetime, client_disconnected, self.queue_limit
         )
+        if self._closed:
+            raise PublisherClosed("this Publisher is closed: create a new one to subscribe")
+        self._start_broker()
+        periods = [p for p in (heartbeat, max_lifetime) if p is not None]
         with self._lock:
             if self._closed:
                 raise PublisherClosed("this Publisher is closed: create a new one to subscribe")
@@ -196,12 +244,24 @@ class Publisher:
                 self._channels.setdefault(name, {})[subscription] = None
             subscription._registered = True
             self._subscription_count += 1
-        periods = [p for p in (heartbeat, max_lifetime) if p is not None]
-        if periods:
-            self._ticker.add(subscription, min(periods))
+            if periods:  # under the lock, so that a drain or close cannot miss it
+                self._ticker.add(subscription, min(periods))
         if last_event_id is not None:
-            self._prime(subscription, last_event_id)
+            try:
+                self._prime(subscription, last_event_id)
+            except BaseException:
+                subscription.close()
+                raise
         return subscription
+
+    def _start_broker(self) -> None:
+        """Start the broker in this process: once, and again in a process forked from it."""
+        generation = fork_generation()
+        if self._started_in != generation:
+            with self._lock:
+                if self._started_in != generation:
+                    self._broker.start(self._deliver, self._lost)
+                    self._started_in = generation
 
     def _encode_initial(self, item: Any) -> bytes:
         if isinstance(item, Event):
@@ -218,21 +278,23 @@ class Publisher:
             return  # a malformed id: live events only
         chunks = []
         if replay.lost:
-            lost = {"last_event_id": last_event_id, "oldest_id": replay.oldest_id}
-            chunks.append(Event(json.dumps(lost), event=HISTORY_LOST_EVENT).encode())
+            chunks.append(history_lost_chunk(last_event_id, replay.oldest_id))
         for record in replay.records:
             chunk = self._chunk_for(subscription, record)
             if chunk is not None:
                 chunks.append(chunk)
-        subscription._replayed(chunks, replay.records[-1].seq if replay.records else replay.after_seq)
+        last = replay.records[-1] if replay.records else None
+        subscription._replayed(
+            chunks, replay.after_seq if last is None else last.seq, last_event_id if last is None else last.id
+        )
 
     def _unregister(self, subscription: Subscription) -> None:
         with self._lock:
+            self._ticker.discard(subscription)  # also when a drain unregistered it first
             if not subscription._registered:
                 return
             subscription._registered = False
             self._subscription_count -= 1
-            self._ticker.discard(subscription)
             for name in subscription.channels:
                 subscribers = self._channels.get(name)
                 if subscribers is not None:
@@ -302,14 +364,30 @@ class Publisher:
             chunk = shared if shared is not None else self._chunk_for(subscription, record)
             if chunk is None:
                 continue
-            if subscription._put(record.seq, chunk):
+            if subscription._put(record.seq, record.id, chunk):
                 delivered += 1
             else:
-                self._cut_off += 1
-                logger.info("subscriber of %s cut off: %d events queued", subscription.channels, self._queue_size)
-                subscription._end(drop_queued=True)
-                self._unregister(subscription)
+                self._cut_off_slow(subscription)
         self._delivered += delivered
+
+    def _cut_off_slow(self, subscription: Subscription) -> None:
+        self._cut_off += 1
+        logger.info("subscriber of %s cut off: %d events queued", subscription.channels, self.queue_limit)
+        subscription._end(drop_queued=True)
+        self._unregister(subscription)
+
+    def _lost(self, oldest_id: str | None) -> None:
+        """Tell every local subscriber that events were lost here (the broker's callback).
+
+        Which channels the lost events were on is not known, so every
+        subscriber gets the loss event, at this point of its stream.
+        """
+        with self._lock:
+            subscribers = list(dict.fromkeys(s for subscribers in self._channels.values() for s in subscribers))
+        logger.warning("events lost before id %s: telling %d subscribers", oldest_id, len(subscribers))
+        for subscription in subscribers:
+            if not subscription._put(None, None, history_lost_chunk(subscription.last_id, oldest_id)):
+                self._cut_off_slow(subscription)
 
     def _chunk_for(self, subscription: Subscription, record: Record) -> bytes | None:
         """The encoded record for *subscription*; ``None`` when it gets nothing."""
@@ -317,13 +395,15 @@ class Publisher:
             return record.chunk
         try:
             value = record.data(subscription.properties)
-        except Exception:  # a user callable: one subscriber's failure must not stop the others
-            logger.exception("callable data raised for subscriber properties %r", subscription.properties)
+            if value is None:
+                return None
+            text = value if isinstance(value, str) else self._serializer(value)
+            if not isinstance(text, str):
+                raise TypeError(f"the serializer returned {type(text).__name__}, not str")
+            return Event(text, event=record.event, id=record.id, retry=record.retry).encode()
+        except Exception:  # a user callable or its value: it costs this subscriber this event, nothing more
+            logger.exception("callable data failed for subscriber properties %r", subscription.properties)
             return None
-        if value is None:
-            return None
-        text = value if isinstance(value, str) else self._serializer(value)
-        return Event(text, event=record.event, id=record.id, retry=record.retry).encode()
 
     # -- operations ----------------------------------------------------------
 
@@ -348,6 +428,7 @@ class Publisher:
             "subscribers": per_channel,
             "subscriptions": unique,
             "events_published": self._published,
+            "queue_limit": self.queue_limit,
             "events_delivered": self._delivered,
             "slow_subscribers_cut": self._cut_off,
             "streams_refused": self._refused,
@@ -429,12 +510,13 @@ class Subscription:
         self._pending = initial  # a list, not a deque: one per idle stream, and usually short
         self._queue: deque[tuple[Any, bytes]] = deque()
         self._queue_size = queue_size
+        self.last_id: str | None = None  # the id of the last event handed to this stream
         self._wake = threading.Event()
         self._skip_through: Any = None  # live records up to this seq were replayed or are known to the client
         self._heartbeat = heartbeat
         self._deadline = None if max_lifetime is None else time.monotonic() + max_lifetime
         self._client_disconnected = client_disconnected
-        self._last_sent = time.monotonic()
+        self._last_sent = self._last_probe = time.monotonic()
         self._registered = False
         self._ended = False
         self._closed = False
@@ -447,17 +529,21 @@ class Subscription:
         """True once the subscription is closed (unregistered)."""
         return self._closed
 
-    def _put(self, seq: Any, chunk: bytes) -> bool:
+    def _put(self, seq: Any, wire_id: str | None, chunk: bytes) -> bool:
         """Queue a chunk; ``False`` when the queue is full (the subscriber is too slow)."""
         if len(self._queue) >= self._queue_size:
             return False
         self._queue.append((seq, chunk))
+        if wire_id is not None:
+            self.last_id = wire_id
         self._wake_up()
         return True
 
-    def _replayed(self, chunks: list[bytes], last_seq: Any) -> None:
+    def _replayed(self, chunks: list[bytes], last_seq: Any, last_id: str | None) -> None:
         self._pending.extend(chunks)
         self._skip_through = last_seq
+        if last_id is not None and self.last_id is None:
+            self.last_id = last_id
 
     def _end(self, *, drop_queued: bool = False) -> None:
         """End the stream normally after what is queued (or at once, dropping it)."""
@@ -478,7 +564,7 @@ class Subscription:
         queue = self._queue
         while queue and size < MAX_CHUNK_BYTES:
             seq, chunk = queue.popleft()
-            if self._skip_through is not None:
+            if self._skip_through is not None and seq is not None:
                 if seq <= self._skip_through:
                     continue  # already sent from history
                 self._skip_through = None
@@ -498,20 +584,27 @@ class Subscription:
     def __iter__(self) -> Subscription:
         return self
 
+    def _client_gone(self, now: float) -> bool:
+        """Ask the server's disconnect signal, at most once a heartbeat period."""
+        if self._client_disconnected is None or self._heartbeat is None or now - self._last_probe < self._heartbeat:
+            return False
+        self._last_probe = now
+        return self._client_disconnected()
+
     def __next__(self) -> bytes:
         while not self._closed:
+            now = time.monotonic()
+            if self._deadline is not None and now >= self._deadline:
+                break  # also on a busy stream: the browser resumes by id
+            if self._client_gone(now):
+                break
             chunks = self._take()
             if chunks:
-                self._last_sent = time.monotonic()
+                self._last_sent = now
                 return b"".join(chunks)
             if self._ended:
                 break
-            now = time.monotonic()
-            if self._deadline is not None and now >= self._deadline:
-                break
             if self._heartbeat is not None and now - self._last_sent >= self._heartbeat:
-                if self._client_disconnected is not None and self._client_disconnected():
-                    break
                 self._last_sent = now
                 return HEARTBEAT
             self._wake.clear()

@@ -7,6 +7,7 @@ import json
 import random
 import socket
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,7 +44,9 @@ def test_event_takes_anything_or_refuses_clearly(data, event, event_id, retry, c
 @given(history=anything, queue_size=anything, serializer=anything)
 def test_publisher_constructor_takes_anything_or_refuses_clearly(history, queue_size, serializer) -> None:
     try:
-        publisher = Publisher(history=history, queue_size=queue_size, serializer=serializer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a queue larger than half the history is allowed, warned
+            publisher = Publisher(history=history, queue_size=queue_size, serializer=serializer)
     except ALLOWED:
         return
     publisher.close()

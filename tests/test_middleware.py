@@ -10,8 +10,8 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from sse_wsgi import HISTORY_LOST_EVENT, Publisher, SSEMiddleware
-from sse_wsgi._http import HOP_BY_HOP
-from sse_wsgi.testing import parse_events, read_events
+from sse_wsgi._http import DEFAULT_RETRY_MS, HOP_BY_HOP, OPENING_CHUNK
+from sse_wsgi.testing import EventStreamParser, parse_events, read_events
 
 
 def inner_app(environ, start_response):
@@ -75,16 +75,26 @@ def test_stream_headers_and_immediate_first_chunk(app: SSEMiddleware) -> None:
         assert answer.headers["Cache-Control"] == "no-cache"
         assert answer.headers["X-Accel-Buffering"] == "no"
         assert not {name.lower() for name in answer.headers} & HOP_BY_HOP
-        assert answer.first == b": stream open\n\n"
+        assert answer.first == OPENING_CHUNK
 
 
 def test_retry_is_the_first_chunk_when_set(publisher: Publisher) -> None:
     with Answer(SSEMiddleware(inner_app, publisher, retry=2500)) as answer:
-        assert answer.first == b"retry: 2500\n\n"
+        assert answer.first == b": stream open\nretry: 2500\n\n"
 
 
-def test_default_channel_without_query(app: SSEMiddleware, publisher: Publisher) -> None:
-    with Answer(app):
+def test_every_stream_opens_with_the_default_retry_so_a_shedding_hint_does_not_stick(publisher: Publisher) -> None:
+    app = SSEMiddleware(inner_app, publisher)
+    with Answer(app) as answer:
+        parser = EventStreamParser()
+        assert parser.feed(answer.first) == []  # no event, only the stream's settings
+    assert parser.retry == DEFAULT_RETRY_MS == 3000
+
+
+@pytest.mark.parametrize("path", ["/events", "/events/"])
+def test_default_channel_without_query(app: SSEMiddleware, publisher: Publisher, path: str) -> None:
+    with Answer(app, path) as answer:
+        assert answer.code == 200
         assert [s.channels for s in publisher.get_subscribers()] == [("default channel",)]
 
 
@@ -126,14 +136,17 @@ def test_several_prefixes(publisher: Publisher) -> None:
 @pytest.mark.parametrize(
     ("headers", "path"),
     [
-        ({"Last-Event-ID": "1"}, "/events"),
-        ({}, "/events?lastEventId=1"),
+        ({"Last-Event-ID": "FIRST"}, "/events"),
+        ({}, "/events?lastEventId=FIRST"),
     ],
     ids=["header", "query parameter"],
 )
 def test_last_event_id_resumes(app: SSEMiddleware, publisher: Publisher, headers: dict, path: str) -> None:
-    for n in range(1, 4):
+    first = publisher.publish("e1")
+    for n in range(2, 4):
         publisher.publish(f"e{n}")
+    path = path.replace("FIRST", first)
+    headers = {name: value.replace("FIRST", first) for name, value in headers.items()}
     events = read_events(app, path, 2, headers=headers)
     assert [e.data for e in events] == ["e2", "e3"]
 
@@ -198,13 +211,12 @@ def test_other_methods_get_405_with_allow(app: SSEMiddleware, method: str) -> No
     [
         ("/events?" + "&".join(f"channel=c{n}" for n in range(33)), b"at most 32 channels"),
         ("/events?channel=", b"must not be empty"),
-        ("/events/", b"must not be empty"),
         ("/events?channel=" + "x" * 201, b"at most 200 characters"),
         ("/events/" + "x" * 201, b"at most 200 characters"),
         ("/events?channel=%FF", b"not valid UTF-8"),
         ("/events?channel=%C3", b"not valid UTF-8"),
     ],
-    ids=["too many channels", "empty query name", "empty path name", "long query name", "long path name",
+    ids=["too many channels", "empty query name", "long query name", "long path name",
          "bad escape", "truncated utf-8"],
 )  # fmt: skip
 def test_bad_requests_get_400_with_a_short_body(app: SSEMiddleware, publisher: Publisher, path, message) -> None:
@@ -272,7 +284,7 @@ def test_max_subscribers_sheds_with_a_retry_only_stream(publisher: Publisher) ->
         assert publisher.subscription_count == 2
         assert publisher.stats()["streams_refused"] == 1
     with Answer(app) as accepted:
-        assert accepted.first == b": stream open\n\n"
+        assert accepted.first == OPENING_CHUNK
 
 
 # -- CORS -------------------------------------------------------------------------------------------
@@ -287,10 +299,23 @@ def test_allowed_origin_is_echoed_with_credentials(publisher: Publisher) -> None
         assert answer.headers["Vary"] == "Origin"
 
 
-def test_star_allows_any_origin_but_never_sends_star(publisher: Publisher) -> None:
+def test_star_allows_any_origin_without_credentials(publisher: Publisher) -> None:
     app = SSEMiddleware(inner_app, publisher, cors_origins="*")
     with Answer(app, headers={"Origin": "https://other.example"}) as answer:
-        assert answer.headers["Access-Control-Allow-Origin"] == "https://other.example"
+        assert answer.code == 200
+        assert answer.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Access-Control-Allow-Credentials" not in answer.headers
+
+
+@pytest.mark.parametrize("cors_origins", ["*", (), ["https://app.example"]])
+def test_the_opaque_null_origin_is_refused_unless_listed(publisher: Publisher, cors_origins) -> None:
+    app = SSEMiddleware(inner_app, publisher, cors_origins=cors_origins)
+    with Answer(app, headers={"Origin": "null"}) as answer:
+        assert answer.code == 403
+        assert "Access-Control-Allow-Origin" not in answer.headers
+    listed = SSEMiddleware(inner_app, publisher, cors_origins=["null"])
+    with Answer(listed, headers={"Origin": "null"}) as answer:
+        assert answer.code == 200 and answer.headers["Access-Control-Allow-Origin"] == "null"
 
 
 def test_other_origins_are_refused_by_default(app: SSEMiddleware, publisher: Publisher) -> None:

@@ -61,7 +61,8 @@ def test_subscriber_is_registered_when_subscribe_returns(publisher: Publisher) -
 def test_publish_returns_increasing_ids_that_go_on_the_wire(publisher: Publisher) -> None:
     subscription = publisher.subscribe()
     ids = [publisher.publish(f"m{i}") for i in range(5)]
-    assert [int(i) for i in ids] == sorted(int(i) for i in ids)
+    numbers = [int(i.rpartition("-")[2]) for i in ids]  # <epoch>-<n>, one epoch
+    assert numbers == sorted(numbers) and len({i.rpartition("-")[0] for i in ids}) == 1
     assert len(set(ids)) == 5
     assert [e.last_event_id for e in take(subscription, 5)] == ids
 
@@ -219,12 +220,11 @@ def test_malformed_last_event_id_is_ignored(publisher: Publisher) -> None:
 def test_resume_older_than_history_announces_lost_events_first() -> None:
     with Publisher(history=3) as publisher:
         first = publisher.publish("e1")
-        for n in range(2, 7):
-            publisher.publish(f"e{n}")
+        ids = [publisher.publish(f"e{n}") for n in range(2, 7)]
         subscription = publisher.subscribe(last_event_id=first)
         events = take(subscription, 4)
     assert events[0].type == HISTORY_LOST_EVENT
-    assert json.loads(events[0].data) == {"last_event_id": first, "oldest_id": "4"}
+    assert json.loads(events[0].data) == {"last_event_id": first, "oldest_id": ids[2]}
     assert data_of(events[1:]) == ["e4", "e5", "e6"]
 
 
@@ -255,18 +255,24 @@ def test_a_long_replay_goes_out_in_bounded_chunks_in_order() -> None:
     assert [len(c) > MAX_CHUNK_BYTES * 2 for c in chunks].count(True) == 1
 
 
-def test_id_from_before_a_restart_gets_the_notice_and_the_whole_history(publisher: Publisher) -> None:
-    publisher.publish("after restart")
-    subscription = publisher.subscribe(last_event_id="9999")
-    events = take(subscription, 2)
+def test_id_from_before_a_restart_gets_the_notice_and_the_whole_history() -> None:
+    with Publisher() as before:
+        before.publish("one")
+        old_ids = [before.publish(f"before {n}") for n in range(5)]
+    with Publisher() as after:  # the process restarted: its ids start again
+        after_ids = [after.publish(f"after {n}") for n in range(7)]
+        assert not set(old_ids) & set(after_ids)
+        subscription = after.subscribe(last_event_id=old_ids[-1])
+        events = take(subscription, 8)
     assert events[0].type == HISTORY_LOST_EVENT
-    assert data_of(events[1:]) == ["after restart"]
+    assert json.loads(events[0].data) == {"last_event_id": old_ids[-1], "oldest_id": after_ids[0]}
+    assert data_of(events[1:]) == [f"after {n}" for n in range(7)]
 
 
 def test_resume_while_publishing_has_no_gap_and_no_duplicate() -> None:
     """Register, replay to the head, then flush what arrived meanwhile."""
     total = 3000
-    publisher = Publisher(history=total, queue_size=total)  # no subscriber is read until the end
+    publisher = Publisher(history=2 * total, queue_size=total)  # no subscriber is read until the end
     start = publisher.publish("0")
     stop = threading.Event()
 
@@ -290,10 +296,10 @@ def test_resume_while_publishing_has_no_gap_and_no_duplicate() -> None:
 class LateBroker(MemoryBroker):
     """The in-memory broker, delivering only on :meth:`release`, as a cross-process broker's reader does."""
 
-    def start(self, deliver) -> None:
+    def start(self, deliver, lost) -> None:
         self.held: list[Record] = []
         self._deliver_late = deliver
-        super().start(self.held.append)
+        super().start(self.held.append, lost)
 
     def release(self) -> None:
         held = self.held[:]
@@ -368,7 +374,7 @@ def test_stats_counts(publisher: Publisher) -> None:
     assert stats["events_published"] == 2
     assert stats["events_delivered"] == 3
     assert stats["history_size"] == 2
-    assert (stats["first_id"], stats["last_id"]) == ("1", "2")
+    assert (stats["first_id"], stats["last_id"]) == (f"{stats['epoch']}-1", f"{stats['epoch']}-2")
     assert stats["broker"] == "memory"
     json.dumps(stats)  # a plain dict
 
@@ -422,7 +428,7 @@ def test_bad_constructor_arguments(kwargs: dict, error: type[Exception], message
 def test_threads_publishing_to_many_subscribers_lose_and_repeat_nothing() -> None:
     threads, per_thread, subscribers = 8, 500, 20
     # Queues hold every event, so that a reader starved of CPU is not cut off as slow.
-    publisher = Publisher(queue_size=threads * per_thread)
+    publisher = Publisher(history=2 * threads * per_thread, queue_size=threads * per_thread)
     subscriptions = [publisher.subscribe() for _ in range(subscribers)]
     received: list[list[str]] = [[] for _ in subscriptions]
     readers = []
@@ -519,10 +525,10 @@ def test_each_event_is_serialized_once_whatever_the_number_of_subscribers() -> N
 
     with Publisher(serializer=serializer) as publisher:
         subscriptions = [publisher.subscribe() for _ in range(10)]
-        publisher.publish({"n": 1})
+        event_id = publisher.publish({"n": 1})
         assert calls == [{"n": 1}]
         chunks = {next(s) for s in subscriptions}
-    assert chunks == {b'id: 1\ndata: {"n": 1}\n\n'}
+    assert chunks == {f'id: {event_id}\ndata: {{"n": 1}}\n\n'.encode()}
 
 
 def test_broker_must_implement_the_protocol() -> None:
@@ -537,5 +543,5 @@ def test_drain_ends_streams_but_keeps_publishing() -> None:
         assert list(subscription) == []
         assert publisher.draining and not publisher.closed
         assert publisher.stats()["draining"] is True
-        assert publisher.publish("still works") == "1"
+        assert publisher.publish("still works").endswith("-1")
         assert publisher.subscription_count == 0

@@ -55,9 +55,9 @@ def publishers(redis_server: RedisServer) -> Iterator[list[Publisher]]:  # noqa:
         publisher.close()
 
 
-def stream_seq(event_id: str) -> tuple[int, int]:
-    ms, n = event_id.split("-")
-    return int(ms), int(n)
+def stream_seq(event_id: str) -> tuple[str, int]:
+    epoch, n = event_id.split("-")
+    return epoch, int(n)
 
 
 def test_an_event_published_by_one_publisher_reaches_the_other(publishers: list[Publisher]) -> None:
@@ -74,6 +74,7 @@ def test_ids_are_global_and_increasing(publishers: list[Publisher]) -> None:
     here, there = publishers
     ids = [(here if n % 2 else there).publish(str(n)) for n in range(20)]
     assert [stream_seq(i) for i in ids] == sorted(stream_seq(i) for i in ids)
+    assert len({stream_seq(i)[0] for i in ids}) == 1  # one epoch, shared by every process
     assert len(set(ids)) == 20
 
 
@@ -134,10 +135,12 @@ def test_trimmed_history_gives_the_lost_notice(redis_server: RedisServer) -> Non
         assert reader.wait_for(2)[1].type == "message"
 
 
-def test_an_unknown_stream_id_from_the_future_gets_the_notice_and_the_history(publishers: list[Publisher]) -> None:
+@pytest.mark.parametrize("which", ["future of this epoch", "another epoch"])
+def test_an_id_never_given_out_gets_the_notice_and_the_history(publishers: list[Publisher], which: str) -> None:
     here, _ = publishers
-    here.publish("kept")
-    reader = Reader(here.subscribe(last_event_id="99999999999999-0"))
+    epoch, _ = stream_seq(here.publish("kept"))
+    unknown = f"{epoch}-99999999" if which == "future of this epoch" else "0badcafe-1"
+    reader = Reader(here.subscribe(last_event_id=unknown))
     assert [(e.type, e.data if e.type == "message" else "") for e in reader.wait_for(2)] == [
         (HISTORY_LOST_EVENT, ""), ("message", "kept"),
     ]  # fmt: skip
@@ -166,6 +169,8 @@ def test_unreachable_redis_at_start_names_the_url() -> None:
 
 def test_stats_show_the_connection(publishers: list[Publisher]) -> None:
     here, there = publishers
+    assert here.stats()["connected"] is False  # no reader runs before the first subscriber
+    here.subscribe("x")
     event_id = there.publish("x")
     deadline = time.monotonic() + 5
     while here.stats()["last_seen_id"] != event_id and time.monotonic() < deadline:

@@ -29,7 +29,7 @@ def test_one_named_thread_serves_every_stream_and_stops_with_the_publisher() -> 
 def test_streams_without_heartbeat_or_lifetime_start_no_thread() -> None:
     before = ticker_threads()
     with Publisher() as publisher:
-        publisher.subscribe("a")
+        publisher.subscribe("a", heartbeat=None)
         publisher.publish("x", "a")
         assert not ticker_threads() - before
 

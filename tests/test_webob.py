@@ -6,6 +6,7 @@ import pytest
 from webob import Request
 
 from sse_wsgi import Publisher
+from sse_wsgi._http import OPENING_CHUNK
 from sse_wsgi.testing import parse_events
 from sse_wsgi.webob import EventStreamResponse
 
@@ -24,7 +25,7 @@ def test_headers_first_chunk_and_events(publisher: Publisher) -> None:
     assert response.headers["X-Accel-Buffering"] == "no"
     assert "Content-Length" not in response.headers
     chunks = iter(response.app_iter)
-    assert next(chunks) == b": stream open\n\n"
+    assert next(chunks) == OPENING_CHUNK
     publisher.publish("hi", "x")
     assert [e.data for e in parse_events(next(chunks))] == ["hi"]
     response.app_iter.close()

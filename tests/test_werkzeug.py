@@ -6,7 +6,7 @@ import pytest
 from werkzeug.test import Client
 
 from sse_wsgi import Publisher
-from sse_wsgi._http import HOP_BY_HOP
+from sse_wsgi._http import HOP_BY_HOP, OPENING_CHUNK
 from sse_wsgi.testing import parse_events
 from sse_wsgi.werkzeug import EventStreamResponse
 
@@ -33,7 +33,7 @@ def test_headers_first_chunk_and_events(publisher: Publisher) -> None:
     assert response.headers["X-Accel-Buffering"] == "no"
     assert response.headers["X-Extra"] == "1"
     assert not {name.lower() for name in response.headers.keys()} & HOP_BY_HOP
-    assert next(chunks) == b": stream open\n\n"
+    assert next(chunks) == OPENING_CHUNK
     publisher.publish("hi", "x")
     assert [e.data for e in parse_events(next(chunks))] == ["hi"]
     response.close()
