@@ -289,6 +289,9 @@ def stall(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stall]:
             for client in (streaming, resumed):
                 client.wait(lambda c=client: any(e.data == str(final) for e in c.messages), 15)
             yield Stall(before, final, streaming, resumed)
+            for client in clients:
+                client.close()
+            wait_subscribers(a, "stall", 0, 5)  # freed at a heartbeat: the workers then stop at once
     finally:
         for client in clients:
             client.close()
@@ -298,6 +301,7 @@ def stall(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stall]:
 @pytest.mark.redis
 def test_a_stalled_worker_tells_its_streams_what_they_lost_never_a_silent_gap(stall: Stall) -> None:
     events = stall.streaming.events
+    print(f"the stream through the stall, {stall.streaming.statuses.count(200)} connection(s): {summary(events)}")
     assert [e.data for e in stall.streaming.messages[: stall.before]] == [str(n) for n in range(stall.before)]
     assert silent_gaps(events, -1) == [], summary(events)
     assert any(e.data == str(stall.final) for e in stall.streaming.messages), (
@@ -308,6 +312,7 @@ def test_a_stalled_worker_tells_its_streams_what_they_lost_never_a_silent_gap(st
 @pytest.mark.redis
 def test_a_resume_after_the_stall_gets_history_lost_first(stall: Stall) -> None:
     events = stall.resumed.events
+    print(f"resumed after {stall.before - 1}: {summary(events)}")
     assert stall.resumed.statuses[:1] == [200]
     assert events and events[0].type == HISTORY_LOST_EVENT, f"resumed after {stall.before - 1}: {summary(events)}"
     assert silent_gaps(events, stall.before - 1) == [], summary(events)
@@ -374,6 +379,9 @@ def test_a_flask_view_returning_subscribe_frees_a_departed_client_within_the_def
 def star_server() -> Iterator[LiveServer]:
     with start_server("gunicorn-gthread", APP, env={"SSE_HEARTBEAT": "1", "SSE_CORS_ORIGINS": "*"}) as live:
         yield live
+        deadline = time.monotonic() + 5  # the tests' streams are freed: the worker then stops at once
+        while stats(live)["subscriptions"] and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def test_a_trailing_slash_serves_the_default_channel(star_server: LiveServer) -> None:

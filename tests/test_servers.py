@@ -15,6 +15,7 @@ from contextlib import ExitStack, closing
 import httpx
 import pytest
 
+from sse_wsgi._http import DEFAULT_RETRY_MS as DEFAULT_RETRY
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
 from tests.servers.harness import PRELOADED, SERVERS, LiveServer, start_server
@@ -26,7 +27,6 @@ STREAMS = 50
 EVENTS = 20
 MATRIX = SERVERS + PRELOADED
 APP = "tests.servers.apps.basic:app"
-DEFAULT_RETRY = 3000  # ms: the retry every stream opens with when the app configures none
 
 
 @pytest.fixture(scope="module", params=MATRIX)
