@@ -1,6 +1,7 @@
 """The soak: minutes of steady publishing under reconnect churn and slow consumers, on gunicorn gevent.
 
 python -m benchmarks --soak --minutes 5
+python -m benchmarks.soak --minutes 2 --preload   # the same on gunicorn --preload (app made in the master)
 
 Churners read for a random while, drop the connection and resume with
 ``Last-Event-ID``: each must get every event from its first connection on,
@@ -28,7 +29,7 @@ from sse_wsgi import HISTORY_LOST_EVENT
 from sse_wsgi.testing import EventStreamParser
 
 from .client import Publisher, ResponseProtocol
-from .targets import TARGETS, Server
+from .targets import TARGETS, Server, Target
 
 HEARTBEAT = 2.0  # seconds, so that the end check is quick
 QUEUE_SIZE = 50  # chunks a subscriber may have queued before it is cut off
@@ -137,7 +138,7 @@ async def read_slowly(port: int, reader: Reader, until: float) -> None:
         stream.close()
 
 
-async def soak(port: int, server: Server, minutes: float) -> dict[str, Any]:
+async def soak(port: int, server: Server, minutes: float, target: str = "sse_wsgi-gevent") -> dict[str, Any]:
     churners = [Reader() for _ in range(CHURNERS)]
     slow = [Reader() for _ in range(SLOW_READERS)]
     publisher = Publisher(port)
@@ -169,7 +170,8 @@ async def soak(port: int, server: Server, minutes: float) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         stream.close()
     await asyncio.sleep(HEARTBEAT * 2 + 1)  # every client has left: each stream is freed at its next write
-    return figures(churners, slow, published, samples, await asyncio.to_thread(server_stats, port), minutes)
+    stats = await asyncio.to_thread(server_stats, port)
+    return figures(churners, slow, published, samples, stats, minutes, target)
 
 
 def server_stats(port: int) -> dict[str, Any]:
@@ -179,14 +181,14 @@ def server_stats(port: int) -> dict[str, Any]:
 
 def figures(
     churners: list[Reader], slow: list[Reader], published: int, samples: list[tuple[float, int]],
-    stats: dict[str, Any], minutes: float,
+    stats: dict[str, Any], minutes: float, target: str = "sse_wsgi-gevent",
 ) -> dict[str, Any]:  # fmt: skip
     tallies = [r.tally(published) for r in churners]
     history_full = HISTORY / RATE + SAMPLE_EVERY  # seconds: from here on, memory must stay flat
     warm = [rss for at, rss in samples if at >= history_full] or [rss for _, rss in samples]
     return {
         "scenario": "soak",
-        "target": "sse_wsgi-gevent",
+        "target": target,
         "minutes": minutes,
         "events_published": published,
         "churners": len(churners),
@@ -207,12 +209,56 @@ def figures(
     }
 
 
-def run_soak(minutes: float) -> dict[str, Any]:
+def preloaded(target: Target) -> Target:
+    """*target* (a gunicorn one) started with ``--preload``: the app and its publisher made in the master."""
+
+    def command(port: int, streams: int) -> list[str]:
+        argv = target.command(port, streams)
+        return [*argv[:-1], "--preload", argv[-1]]  # the app spec stays last
+
+    return Target(f"{target.name}-preload", command, target.max_streams, target.needs_redis, "gunicorn --preload")
+
+
+def run_soak(minutes: float, preload: bool = False) -> dict[str, Any]:
     from .run import run_client
 
     env = {"BENCH_HEARTBEAT": str(HEARTBEAT), "BENCH_QUEUE_SIZE": str(QUEUE_SIZE), "BENCH_HISTORY": str(HISTORY)}
-    server = Server(TARGETS["sse_wsgi-gevent"], CHURNERS + SLOW_READERS + 50, None, env=env)
+    target = TARGETS["sse_wsgi-gevent"]
+    if preload:
+        target = preloaded(target)
+    server = Server(target, CHURNERS + SLOW_READERS + 50, None, env=env)
     try:
-        return run_client(soak(server.port, server, minutes))
+        return run_client(soak(server.port, server, minutes, target.name))
     finally:
         server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.soak [--minutes M] [--preload] [--out DIR]``: the soak alone, figures to ``--out``."""
+    import argparse
+    import datetime
+    import os
+    from pathlib import Path
+
+    from .run import RESULTS, machine, raise_open_file_limit
+    from .targets import CLIENT_CPUS
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
+    parser.add_argument("--minutes", type=float, default=5.0, help="how long the soak runs (default: 5)")
+    parser.add_argument("--preload", action="store_true", help="start gunicorn with --preload")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error("--minutes takes a positive number")
+    raise_open_file_limit()
+    os.sched_setaffinity(0, CLIENT_CPUS)
+    result = run_soak(args.minutes, preload=args.preload)
+    print(json.dumps(result, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"soak-{'preload-' if args.preload else ''}{datetime.date.today().isoformat()}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine(), "results": [result]}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

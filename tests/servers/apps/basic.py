@@ -3,8 +3,9 @@
 ``POST /publish?channel=NAME`` publishes the request body (UTF-8 text) and
 answers the event id; ``GET /stats`` answers ``publisher.stats()`` as JSON.
 Settings come from the environment: ``SSE_HEARTBEAT`` (seconds),
-``SSE_MAX_LIFETIME`` (seconds), ``SSE_MAX_SUBSCRIBERS``, ``SSE_QUEUE_SIZE``, ``SSE_REDIS_URL`` (use
-the Redis broker). ``POST /close`` closes the publisher.
+``SSE_MAX_LIFETIME`` (seconds), ``SSE_MAX_SUBSCRIBERS``, ``SSE_QUEUE_SIZE``, ``SSE_HISTORY`` (events
+kept), ``SSE_CORS_ORIGINS`` (``*`` or origins separated by spaces), ``SSE_REDIS_URL`` (use the Redis
+broker). ``POST /close`` closes the publisher. ``GET /pid`` answers the worker's process id.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from sse_wsgi import Publisher, SSEMiddleware
 
 def _publisher() -> Publisher:
     url = os.environ.get("SSE_REDIS_URL")
-    queue_size = int(os.environ.get("SSE_QUEUE_SIZE", "1000"))
-    return Publisher.from_url(url, queue_size=queue_size) if url else Publisher(queue_size=queue_size)
+    sizes = {}  # unset: the library's defaults
+    for name in ("queue_size", "history"):
+        if os.environ.get(f"SSE_{name.upper()}"):
+            sizes[name] = int(os.environ[f"SSE_{name.upper()}"])
+    return Publisher.from_url(url, **sizes) if url else Publisher(**sizes)
+
+
+def _cors_origins() -> str | list[str]:
+    value = os.environ.get("SSE_CORS_ORIGINS", "")
+    return "*" if value.strip() == "*" else value.split()
 
 
 def inner_app(environ, start_response):
@@ -38,6 +47,8 @@ def inner_app(environ, start_response):
         body = b"closed"
     elif path == "/stats":
         body = json.dumps(publisher.stats()).encode()
+    elif path == "/pid":
+        body = str(os.getpid()).encode()
     else:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
@@ -55,5 +66,6 @@ app = SSEMiddleware(
     _publisher(),
     heartbeat=_seconds("SSE_HEARTBEAT", 15.0),
     max_lifetime=_seconds("SSE_MAX_LIFETIME", None),
+    cors_origins=_cors_origins(),
     max_subscribers=int(os.environ["SSE_MAX_SUBSCRIBERS"]) if os.environ.get("SSE_MAX_SUBSCRIBERS") else None,
 )
