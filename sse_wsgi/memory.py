@@ -154,7 +154,10 @@ class MemoryBroker:
 
         ``None`` when the id is neither one of this broker's (of any life) nor
         a caller's id still kept. An id of another life, or of the future,
-        counts as lost, and the whole history of *channels* follows.
+        counts as lost, and the history of *channels* follows. After a loss,
+        the replay starts after the last event any of *channels* forgot, so
+        that it has no hole (older events still kept on another of them are
+        not sent: the client was told to start over).
         """
         channels = tuple(channels)
         with self._lock:
@@ -165,22 +168,24 @@ class MemoryBroker:
             lost = after < 0 or after > self._seq
             if lost:
                 after = 0
-            by_seq: dict[int, Record] = {}
-            oldest: list[Record] = []
+            # Replay from the last point where any of these channels forgot events, so
+            # that what follows the loss event has no hole on any of them.
+            floor = after
             for name in channels:
                 channel = self._channels.get(name)
-                if channel is None:
-                    lost = lost or self._forgotten_through > after
-                    continue
-                lost = lost or channel.evicted_through > after
-                kept = channel.kept
-                oldest.append(kept[0].record)
-                start = bisect.bisect_right(kept, after, key=lambda k: k.record.seq)
-                for entry in kept[start:]:
-                    by_seq[entry.record.seq] = entry.record
+                forgot = self._forgotten_through if channel is None else channel.evicted_through
+                floor = max(floor, forgot)
+            lost = lost or floor > after
+            by_seq: dict[int, Record] = {}
+            for name in channels:
+                channel = self._channels.get(name)
+                if channel is not None:
+                    kept = channel.kept
+                    start = bisect.bisect_right(kept, floor, key=lambda k: k.record.seq)
+                    for entry in kept[start:]:
+                        by_seq[entry.record.seq] = entry.record
         records = [by_seq[seq] for seq in sorted(by_seq)]
-        oldest_id = min(oldest, key=lambda r: r.seq).id if oldest else None
-        return Replay(records, lost=lost, oldest_id=oldest_id, after_seq=after)
+        return Replay(records, lost=lost, oldest_id=records[0].id if records else None, after_seq=after)
 
     def _resolve(self, last_event_id: str) -> int | None:
         """The seq after which to resume; -1 for an id of another life; ``None`` for an unknown id."""
