@@ -211,7 +211,7 @@ class PublisherModel(RuleBasedStateMachine):
         if kind == "json":
             data: Any = {"n": n}
             text = json.dumps(data, separators=(",", ":"))
-            value: Callable[[str], str | None] = lambda properties, text=text: text
+            value = lambda properties, text=text: text  # noqa: E731
         elif kind == "callable":
             data, value = per_user, lambda properties: per_user(properties) if properties != "fails" else None
         elif kind == "callable raising":
