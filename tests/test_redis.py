@@ -327,3 +327,61 @@ def test_demo_cli_on_redis(redis_server: RedisServer) -> None:  # noqa: F811
             assert (event.type, event.last_event_id) == ("chat", event_id)
         finally:
             client.close()
+
+
+def test_two_apps_with_different_keys_on_one_redis_never_see_each_others_events(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    with (
+        Publisher.from_url(redis_server.url, key="app-one") as one,
+        Publisher.from_url(redis_server.url, key="app-two") as two,
+    ):
+        reader_one, reader_two = Reader(one.subscribe("chat")), Reader(two.subscribe("chat"))
+        first = one.publish("for one", "chat")
+        two.publish("for two", "chat")
+        assert [e.data for e in reader_one.wait_for(1)] == ["for one"]
+        assert [e.data for e in reader_two.wait_for(1)] == ["for two"]
+        time.sleep(0.3)
+        assert len(reader_one.events) == len(reader_two.events) == 1
+        resumed = Reader(two.subscribe("chat", last_event_id=first))  # one's id means nothing to two
+        assert [(e.type, e.data) for e in resumed.wait_for(2)][1] == ("message", "for two")
+
+
+def test_an_unknown_last_event_id_does_no_history_scan(redis_server: RedisServer) -> None:  # noqa: F811
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis_server.url)
+    with Publisher.from_url(redis_server.url) as publisher:
+        for n in range(300):
+            publisher.publish(f"e{n}", "chat", id=f"order-{n}")
+        client.config_resetstat()
+        for n in range(50):  # cheap anonymous requests with random ids
+            publisher.subscribe("chat", last_event_id=f"random-{n}", heartbeat=None).close()
+        calls = client.info("commandstats")
+        assert not {"cmdstat_xrange", "cmdstat_xrevrange"} & set(calls)  # (XREAD is the live reader)
+        assert calls["cmdstat_zscore"]["calls"] == 50  # one index lookup each
+        resumed = Reader(publisher.subscribe("chat", last_event_id="order-297", heartbeat=None))
+        assert [e.data for e in resumed.wait_for(2)] == ["e298", "e299"]
+    client.close()
+
+
+def test_redis_losing_its_data_gives_live_subscribers_the_loss_event(redis_server: RedisServer) -> None:  # noqa: F811
+    import redis as redis_py
+
+    admin = redis_py.Redis.from_url(redis_server.url)
+    with Publisher.from_url(redis_server.url) as publisher:
+        reader = Reader(publisher.subscribe("chat", heartbeat=None))
+        before = publisher.publish("before", "chat")
+        reader.wait_for(1)
+        admin.flushall()  # as a restart without persistence, or a failover that lost the writes
+        admin.client_kill_filter(_type="normal", skipme=True)  # and the connections drop
+        deadline = time.monotonic() + 10
+        while publisher.stats()["gaps_reported"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = publisher.publish("after", "chat")
+        events = reader.wait_for(3)
+    admin.close()
+    assert events[0].data == "before"
+    assert events[1].type == HISTORY_LOST_EVENT and json.loads(events[1].data)["last_event_id"] == before
+    assert (events[2].data, events[2].last_event_id) == ("after", after)
+    assert after.partition("-")[0] != before.partition("-")[0]  # a new epoch: old ids are never taken for new ones
