@@ -26,7 +26,7 @@ from sse_wsgi import HISTORY_LOST_EVENT
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
 from tests.conftest import require
 from tests.redis_server import RedisServer, redis_server, redis_server_binary  # noqa: F401  (the fixture)
-from tests.servers.harness import PRELOADED, LiveServer, start_server
+from tests.servers.harness import PRELOADED, LiveServer, start_server, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -94,10 +94,7 @@ class Client:
         return [e for e in self.events if e.type != HISTORY_LOST_EVENT]
 
     def wait(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return bool(condition())
+        return wait_until(condition, timeout)
 
     def close(self) -> None:
         self._stop.set()

@@ -18,7 +18,7 @@ import pytest
 from sse_wsgi._http import DEFAULT_RETRY_MS as DEFAULT_RETRY
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import PRELOADED, SERVERS, LiveServer, start_server
+from tests.servers.harness import PRELOADED, SERVERS, LiveServer, start_server, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +78,7 @@ class RawStream:
             self.ended.set()
 
     def wait(self, condition, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return bool(condition())
+        return wait_until(condition, timeout)
 
     def close(self) -> None:
         self.response.close()

@@ -160,6 +160,14 @@ class LiveServer:
         self.stop()
 
 
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll *condition* every 20 ms until it is true or *timeout* seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
+
+
 def start_server(
     kind: str,
     app: str,
