@@ -7,7 +7,7 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "sse_wsgi" / "__init__.py").read_text(), re.M).group(1)
 
 EXTRAS = {
-    "redis": ["redis>=4.5"],
+    "redis": ["redis>=5.0"],
     "werkzeug": ["werkzeug>=2.3"],
     "webob": ["webob>=1.8"],
     "examples": ["flask>=2.3", "bottle>=0.12", "pyramid>=2.0", "waitress>=2.1"],

@@ -3,23 +3,34 @@
 A broker assigns event ids, keeps the history used for ``Last-Event-ID``
 resumption and carries published events to every process that shares it.
 The publisher does the local fan-out: it hands the broker a
-:class:`Message`, and the broker calls the publisher's ``deliver`` callback
-with one :class:`Record` per event, in id order, from whichever thread it
-receives them on. When a cross-process broker finds that events reached
-the shared store but will never reach this process (its reader was away
-longer than the history covers, the store lost data), it calls the
-publisher's ``lost`` callback instead of skipping them silently.
+:class:`Message`, tells it which channels have local subscribers
+(:meth:`Broker.watch`, :meth:`Broker.unwatch`), and the broker calls the
+publisher's ``deliver`` callback with one :class:`Record` per event and
+stream, in each stream's order, from whichever thread it receives them on.
+
+A broker orders events either in one stream for all channels (the
+in-memory broker: ``Record.stream`` is ``None``) or in one stream per
+channel (Redis: an event published to several channels is a record in
+each of their streams, and ``Record.stream`` names the one it came on).
+Each subscription holds a :class:`Cursor` made by the broker: it says
+which records are new to that subscriber, sends an event that reached it
+on several streams once, and gives the id that the subscriber resumes from.
+
+When a cross-process broker finds that events reached the shared store
+but will never reach this process (its receiver was away longer than the
+history covers, the store lost data), it calls the publisher's ``lost``
+callback instead of skipping them silently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .event import Event
 
-__all__ = ["Broker", "Deliver", "Lost", "Message", "Record", "Replay"]
+__all__ = ["Broker", "Cursor", "Deliver", "Lost", "Message", "Record", "Replay"]
 
 
 @dataclass(frozen=True)
@@ -39,15 +50,17 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A published event with its place in the broker's order.
+    """A published event with its place in a stream of the broker.
 
-    :param seq: a key that orders records as the broker does (an ``int`` for
-        the in-memory broker, a ``(ms, n)`` tuple for Redis streams); the
-        publisher uses it to skip records it already sent.
-    :param id: the id sent on the wire (the caller's own id, or ``str`` of
-        the broker's sequence).
-    :param chunk: the encoded event, computed once and shared by every
-        subscriber; ``None`` when ``data`` is callable.
+    :param seq: its position in its stream (an ``int`` for the in-memory
+        broker, a position object for Redis); the subscription's cursor
+        compares them.
+    :param id: the event's own id: the caller's id, or the broker's.
+    :param chunk: the event encoded with :attr:`id`, computed once and
+        shared by every subscriber; ``None`` when ``data`` is callable.
+    :param stream: the channel whose stream this record is in, or ``None``
+        when the broker orders all channels in one stream.
+    :param custom: True when :attr:`id` is the caller's own.
     """
 
     seq: Any
@@ -57,42 +70,68 @@ class Record:
     event: str | None = None
     retry: int | None = None
     chunk: bytes | None = field(default=None, compare=False)
+    stream: str | None = None
+    custom: bool = False
 
     @classmethod
-    def from_message(cls, seq: Any, wire_id: str, message: Message) -> Record:
+    def from_message(cls, seq: Any, wire_id: str, message: Message, stream: str | None = None) -> Record:
         """Build the record of *message*, encoding it once unless its data is callable."""
         chunk = None
         if not callable(message.data):
             chunk = Event(message.data, event=message.event, id=wire_id, retry=message.retry).encode()
-        return cls(seq, wire_id, message.channels, message.data, message.event, message.retry, chunk)
+        return cls(
+            seq, wire_id, message.channels, message.data, message.event, message.retry, chunk, stream,
+            message.id is not None,
+        )  # fmt: skip
+
+    def encode_with_id(self, wire_id: str) -> bytes:
+        """The event encoded with *wire_id* (the shared chunk when that is its own id)."""
+        if wire_id == self.id and self.chunk is not None:
+            return self.chunk
+        return Event(self.data, event=self.event, id=wire_id, retry=self.retry).encode()
+
+
+class Cursor(Protocol):
+    """Where one subscriber is in the broker's streams.
+
+    Used by one thread at a time: the one that reads the subscription.
+    """
+
+    def admit(self, record: Record) -> str | None:
+        """Move past *record*; return the id to send it with, or ``None`` when this subscriber skips it."""
+
+    def reset(self, stream: str | None) -> None:
+        """Events of *stream* (``None``: every stream) were lost: accept what comes next on it."""
 
 
 @dataclass(frozen=True)
 class Replay:
     """The answer to a resumption request.
 
-    :param records: the records after the given id on the requested
-        channels, in order.
+    :param items: the records to send, in order, each with the id to send it with.
+    :param cursor: the subscriber's cursor, past the replayed records and
+        everything else the history held when it was read.
     :param lost: ``True`` when some events after the given id are no longer
-        in the history (evicted, or published before a restart).
-    :param oldest_id: the wire id of the oldest record kept for these
-        channels, if any.
-    :param after_seq: the ``seq`` of the given id: the client has every
-        record up to it, so a live record that arrives late with a ``seq``
-        up to it must not be sent again (a cross-process broker delivers
-        asynchronously).
+        in the history (evicted, published before a restart, lost by the store).
+    :param oldest_id: the id of the oldest record kept for these channels, if any.
     """
 
-    records: list[Record]
+    items: list[tuple[Record, str]]
+    cursor: Cursor
     lost: bool = False
     oldest_id: str | None = None
-    after_seq: Any = None
+
+    @property
+    def records(self) -> list[Record]:
+        """The replayed records, in order."""
+        return [record for record, _ in self.items]
 
 
 Deliver = Callable[[Record], None]
-#: Called with the wire id of the oldest event still kept (``None`` if unknown)
-#: when events published since the last delivered record never reach this process.
-Lost = Callable[[str | None], None]
+#: Called with the stream whose events were lost (``None``: possibly any) and the
+#: id of the oldest event still kept there (``None`` if unknown), when events
+#: published since the last delivered record of that stream never reach this process.
+Lost = Callable[[str | None, str | None], None]
 
 
 class Broker(Protocol):
@@ -105,18 +144,32 @@ class Broker(Protocol):
     history: int
 
     def start(self, deliver: Deliver, lost: Lost) -> None:
-        """Make sure every record published from now on reaches *deliver* in this process.
+        """Make sure every record of a watched channel published from now on reaches *deliver* in this process.
 
         Called before every subscription registers, so it must be cheap once
-        started; a broker starts its threads and connections here, in the
-        process that serves the subscribers (not in a server's master
+        started; a broker starts its threads and connections here or later,
+        in the process that serves the subscribers (not in a server's master
         process that forks its workers).
         """
+
+    def watch(self, channels: Sequence[str]) -> None:
+        """A local subscriber wants *channels*: deliver their records from now on (counted per call).
+
+        Returns once a record published from now on is sure to arrive;
+        raises :class:`~sse_wsgi.errors.BrokerUnavailable` when that cannot
+        be made sure (the caller then calls :meth:`unwatch`).
+        """
+
+    def unwatch(self, channels: Sequence[str]) -> None:
+        """Undo one :meth:`watch` of *channels*; never blocks for long."""
+
+    def cursor(self, channels: Sequence[str]) -> Cursor:
+        """A cursor for a new subscriber of *channels* that starts at what this process has delivered."""
 
     def publish(self, message: Message) -> str:
         """Store and distribute *message*; return its wire id."""
 
-    def replay(self, channels: Iterable[str], last_event_id: str) -> Replay | None:
+    def replay(self, channels: Sequence[str], last_event_id: str) -> Replay | None:
         """Records on *channels* after *last_event_id*; ``None`` when that id is malformed."""
 
     def stats(self) -> dict[str, Any]:
@@ -124,3 +177,4 @@ class Broker(Protocol):
 
     def close(self) -> None:
         """Stop delivering and release resources."""
+

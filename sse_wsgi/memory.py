@@ -6,7 +6,7 @@ import bisect
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from ._process import ProcessLock, fork_generation
@@ -22,6 +22,31 @@ _OWN_ID = re.compile(r"([0-9a-f]{8})-([0-9]{1,19})")
 def new_epoch() -> str:
     """A fresh epoch: 8 random hex digits, so that ids from two lives of a publisher never match."""
     return secrets.token_hex(4)
+
+
+class SeqCursor:
+    """A subscriber's place in one stream of all channels: it skips what it was already sent.
+
+    :param skip_through: records up to this seq were replayed to it, or are
+        older than what it resumed from.
+    """
+
+    __slots__ = ("skip_through",)
+
+    def __init__(self, skip_through: int | None = None) -> None:
+        self.skip_through = skip_through
+
+    def admit(self, record: Record) -> str | None:
+        """The record's own id, or ``None`` for one already sent."""
+        if self.skip_through is not None:
+            if record.seq <= self.skip_through:
+                return None
+            self.skip_through = None
+        return record.id
+
+    def reset(self, stream: str | None) -> None:
+        """Accept whatever comes next."""
+        self.skip_through = None
 
 
 class _Kept:
@@ -99,6 +124,16 @@ class MemoryBroker:
         """Call *deliver* with each record, under the lock that orders publishes (nothing is ever lost in transit)."""
         self._deliver = deliver
 
+    def watch(self, channels: Sequence[str]) -> None:
+        """Nothing to do: every record reaches ``deliver``."""
+
+    def unwatch(self, channels: Sequence[str]) -> None:
+        """Nothing to do."""
+
+    def cursor(self, channels: Sequence[str]) -> SeqCursor:
+        """A cursor that takes every record from now on."""
+        return SeqCursor()
+
     def publish(self, message: Message) -> str:
         """Number, keep and deliver *message*; return its wire id."""
         with self._lock:
@@ -149,7 +184,7 @@ class MemoryBroker:
         if self._custom_ids.get(record.id) == record.seq:
             del self._custom_ids[record.id]
 
-    def replay(self, channels: Iterable[str], last_event_id: str) -> Replay | None:
+    def replay(self, channels: Sequence[str], last_event_id: str) -> Replay | None:
         """The kept records on *channels* published after *last_event_id*, in order.
 
         ``None`` when the id is neither one of this broker's (of any life) nor
@@ -184,8 +219,11 @@ class MemoryBroker:
                     start = bisect.bisect_right(kept, floor, key=lambda k: k.record.seq)
                     for entry in kept[start:]:
                         by_seq[entry.record.seq] = entry.record
+            head = self._seq  # everything up to it is replayed here, or was before the id, or is elsewhere
         records = [by_seq[seq] for seq in sorted(by_seq)]
-        return Replay(records, lost=lost, oldest_id=records[0].id if records else None, after_seq=after)
+        return Replay(
+            [(r, r.id) for r in records], SeqCursor(head), lost=lost, oldest_id=records[0].id if records else None
+        )
 
     def _resolve(self, last_event_id: str) -> int | None:
         """The seq after which to resume; -1 for an id of another life; ``None`` for an unknown id."""

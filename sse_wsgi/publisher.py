@@ -15,7 +15,7 @@ from typing import Any
 from ._process import ProcessLock, fork_generation
 from ._ticker import Ticker
 from ._validate import check_count, check_seconds
-from .broker import Broker, Message, Record, Replay
+from .broker import Broker, Cursor, Message, Record
 from .errors import BrokerUnavailable, PublisherClosed
 from .event import Event, Serializer, json_serializer
 from .memory import MemoryBroker
@@ -41,7 +41,7 @@ DEFAULT_QUEUE_SIZE = 1000
 # would be one large copy per client, held until a slow client has read it.
 MAX_CHUNK_BYTES = 64 * 1024
 
-_BROKER_METHODS = ("start", "publish", "replay", "stats", "close")
+_BROKER_METHODS = ("start", "watch", "unwatch", "cursor", "publish", "replay", "stats", "close")
 
 # The open publishers of this process, so that a shutdown hook can end every stream.
 _open_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
@@ -150,19 +150,26 @@ class Publisher:
         _open_publishers.add(self)
 
     @classmethod
-    def from_url(cls, url: str, *, history: int = 1000, key: str = "sse_wsgi", **kwargs: Any) -> Publisher:
-        """A publisher on the Redis server at *url* (``redis://host:6379/0``).
+    def from_url(
+        cls, url: str, *, history: int = 1000, history_ttl: float | None = None, key: str = "sse_wsgi", **kwargs: Any
+    ) -> Publisher:
+        """A publisher on the Redis server at *url* (``redis://host:6379/0``), or on its Redis Cluster.
 
+        :param history: events kept per channel.
+        :param history_ttl: seconds a channel keeps its history after its
+            last event (a day by default).
         :param key: the prefix of every Redis key this publisher uses: apps
             that share one Redis database with different keys never see each
             other's events.
 
-        Needs the ``sse-wsgi[redis]`` extra. Other keyword arguments go to
-        :class:`Publisher`.
+        When the server at *url* is a node of a Redis Cluster, the publisher
+        uses the whole cluster. Needs the ``sse-wsgi[redis]`` extra. Other
+        keyword arguments go to :class:`Publisher`.
         """
-        from .redis import RedisBroker
+        from .redis import DEFAULT_TTL, RedisBroker
 
-        return cls(RedisBroker.from_url(url, history=history, key=key), **kwargs)
+        ttl = DEFAULT_TTL if history_ttl is None else history_ttl
+        return cls(RedisBroker.from_url(url, history=history, ttl=ttl, key=key), **kwargs)
 
     @property
     def broker(self) -> Broker:
@@ -243,15 +250,19 @@ class Publisher:
             for name in channels:
                 self._channels.setdefault(name, {})[subscription] = None
             subscription._registered = True
+            subscription._watching = True
             self._subscription_count += 1
             if periods:  # under the lock, so that a drain or close cannot miss it
                 self._ticker.add(subscription, min(periods))
-        if last_event_id is not None:
-            try:
+        try:
+            self._broker.watch(channels)  # outside the lock: it may wait for the broker
+            if last_event_id is None:
+                subscription._cursor = self._broker.cursor(channels)
+            else:
                 self._prime(subscription, last_event_id)
-            except BaseException:
-                subscription.close()
-                raise
+        except BaseException:
+            subscription.close()
+            raise
         return subscription
 
     def _start_broker(self) -> None:
@@ -273,20 +284,22 @@ class Publisher:
             replay = self._broker.replay(subscription.channels, last_event_id)
         except BrokerUnavailable:
             logger.warning("history unavailable, cannot resume after id %r", last_event_id)
-            replay = Replay([], lost=True)
-        if replay is None:
-            return  # a malformed id: live events only
+            notice = history_lost_chunk(last_event_id, None)
+            subscription._replayed([notice], self._broker.cursor(subscription.channels), last_event_id)
+            return
+        if replay is None:  # a malformed id: live events only
+            subscription._cursor = self._broker.cursor(subscription.channels)
+            return
         chunks = []
         if replay.lost:
             chunks.append(history_lost_chunk(last_event_id, replay.oldest_id))
-        for record in replay.records:
-            chunk = self._chunk_for(subscription, record)
+        last_id = last_event_id
+        for record, wire_id in replay.items:
+            chunk = self._chunk_for(subscription, record, wire_id)
             if chunk is not None:
                 chunks.append(chunk)
-        last = replay.records[-1] if replay.records else None
-        subscription._replayed(
-            chunks, replay.after_seq if last is None else last.seq, last_event_id if last is None else last.id
-        )
+                last_id = wire_id
+        subscription._replayed(chunks, replay.cursor, last_id)
 
     def _unregister(self, subscription: Subscription) -> None:
         with self._lock:
@@ -301,6 +314,13 @@ class Publisher:
                     subscribers.pop(subscription, None)
                     if not subscribers:
                         del self._channels[name]
+        self._unwatch(subscription)
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        """Tell the broker that *subscription* no longer needs its channels (once, outside the lock)."""
+        if subscription._watching:
+            subscription._watching = False
+            self._broker.unwatch(subscription.channels)
 
     def get_subscribers(self, channel: str | Iterable[str] = DEFAULT_CHANNEL) -> Iterator[Subscription]:
         """Iterate over the subscribers of *channel* (each once), with ``.properties`` and ``.channels``."""
@@ -351,20 +371,24 @@ class Publisher:
         return self._broker.publish(Message(channels, payload, event, id, retry))
 
     def _deliver(self, record: Record) -> None:
-        """Queue *record* for every local subscriber of its channels (the broker's callback)."""
+        """Queue *record* for every local subscriber of its stream (the broker's callback)."""
         with self._lock:
-            if len(record.channels) == 1:
+            if record.stream is not None:
+                subscribers = list(self._channels.get(record.stream, ()))
+            elif len(record.channels) == 1:
                 subscribers = list(self._channels.get(record.channels[0], ()))
             else:
                 subscribers = list(dict.fromkeys(s for n in record.channels for s in self._channels.get(n, ())))
         self._published += 1
-        shared = record.chunk
+        callable_data = record.chunk is None
         delivered = 0
         for subscription in subscribers:
-            chunk = shared if shared is not None else self._chunk_for(subscription, record)
-            if chunk is None:
-                continue
-            if subscription._put(record.seq, record.id, chunk):
+            chunk = None
+            if callable_data:
+                chunk = self._chunk_for(subscription, record, record.id)
+                if chunk is None:
+                    continue
+            if subscription._put(record, chunk):
                 delivered += 1
             else:
                 self._cut_off_slow(subscription)
@@ -376,23 +400,25 @@ class Publisher:
         subscription._end(drop_queued=True)
         self._unregister(subscription)
 
-    def _lost(self, oldest_id: str | None) -> None:
-        """Tell every local subscriber that events were lost here (the broker's callback).
+    def _lost(self, stream: str | None, oldest_id: str | None) -> None:
+        """Tell the local subscribers of *stream* (``None``: all) that events were lost here (the broker's callback).
 
-        Which channels the lost events were on is not known, so every
-        subscriber gets the loss event, at this point of its stream.
+        Each gets the loss event at this point of its stream.
         """
         with self._lock:
-            subscribers = list(dict.fromkeys(s for subscribers in self._channels.values() for s in subscribers))
-        logger.warning("events lost before id %s: telling %d subscribers", oldest_id, len(subscribers))
+            if stream is not None:
+                subscribers = list(self._channels.get(stream, ()))
+            else:
+                subscribers = list(dict.fromkeys(s for subscribers in self._channels.values() for s in subscribers))
+        logger.warning("events of %s lost before id %s: telling %d subscribers", stream, oldest_id, len(subscribers))
         for subscription in subscribers:
-            if not subscription._put(None, None, history_lost_chunk(subscription.last_id, oldest_id)):
+            if not subscription._put(_Loss(stream, oldest_id)):
                 self._cut_off_slow(subscription)
 
-    def _chunk_for(self, subscription: Subscription, record: Record) -> bytes | None:
-        """The encoded record for *subscription*; ``None`` when it gets nothing."""
+    def _chunk_for(self, subscription: Subscription, record: Record, wire_id: str) -> bytes | None:
+        """The encoded record for *subscription*, with *wire_id*; ``None`` when it gets nothing."""
         if record.chunk is not None:
-            return record.chunk
+            return record.encode_with_id(wire_id)
         try:
             value = record.data(subscription.properties)
             if value is None:
@@ -400,7 +426,7 @@ class Publisher:
             text = value if isinstance(value, str) else self._serializer(value)
             if not isinstance(text, str):
                 raise TypeError(f"the serializer returned {type(text).__name__}, not str")
-            return Event(text, event=record.event, id=record.id, retry=record.retry).encode()
+            return Event(text, event=record.event, id=wire_id, retry=record.retry).encode()
         except Exception:  # a user callable or its value: it costs this subscriber this event, nothing more
             logger.exception("callable data failed for subscriber properties %r", subscription.properties)
             return None
@@ -415,7 +441,8 @@ class Publisher:
         """Figures about this publisher, as a plain dict.
 
         ``subscribers`` (per channel), ``subscriptions``, ``events_published``
-        (received from the broker), ``events_delivered`` (queued to
+        (records received from the broker: on Redis, once per watched
+        channel an event was published to), ``events_delivered`` (queued to
         subscribers), ``slow_subscribers_cut``, ``streams_refused``,
         ``closed``, plus the broker's figures (``broker``, ``history_size``,
         ``first_id``, ``last_id``; for Redis also the connection state and
@@ -460,6 +487,8 @@ class Publisher:
                 subscription._registered = False
             self._subscription_count = 0
             self._ticker.clear()
+        for subscription in subscriptions:
+            self._unwatch(subscription)
         return subscriptions
 
     def close(self) -> None:
@@ -479,6 +508,16 @@ class Publisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Loss:
+    """A queued notice: events of *stream* (``None``: any) were lost before this point."""
+
+    __slots__ = ("oldest_id", "stream")
+
+    def __init__(self, stream: str | None, oldest_id: str | None) -> None:
+        self.stream = stream
+        self.oldest_id = oldest_id
 
 
 class Subscription:
@@ -508,11 +547,12 @@ class Subscription:
         self.properties = properties
         self._publisher = publisher
         self._pending = initial  # a list, not a deque: one per idle stream, and usually short
-        self._queue: deque[tuple[Any, bytes]] = deque()
+        self._queue: deque[tuple[Record | _Loss, bytes | None]] = deque()
         self._queue_size = queue_size
         self.last_id: str | None = None  # the id of the last event handed to this stream
         self._wake = threading.Event()
-        self._skip_through: Any = None  # live records up to this seq were replayed or are known to the client
+        self._cursor: Cursor | None = None  # set by subscribe before it returns
+        self._watching = False  # the broker was asked to watch its channels
         self._heartbeat = heartbeat
         self._deadline = None if max_lifetime is None else time.monotonic() + max_lifetime
         self._client_disconnected = client_disconnected
@@ -529,21 +569,18 @@ class Subscription:
         """True once the subscription is closed (unregistered)."""
         return self._closed
 
-    def _put(self, seq: Any, wire_id: str | None, chunk: bytes) -> bool:
-        """Queue a chunk; ``False`` when the queue is full (the subscriber is too slow)."""
+    def _put(self, item: Record | _Loss, chunk: bytes | None = None) -> bool:
+        """Queue a record (with its chunk when computed for this subscriber) or a loss; ``False`` when full."""
         if len(self._queue) >= self._queue_size:
             return False
-        self._queue.append((seq, chunk))
-        if wire_id is not None:
-            self.last_id = wire_id
+        self._queue.append((item, chunk))
         self._wake_up()
         return True
 
-    def _replayed(self, chunks: list[bytes], last_seq: Any, last_id: str | None) -> None:
+    def _replayed(self, chunks: list[bytes], cursor: Cursor, last_id: str) -> None:
         self._pending.extend(chunks)
-        self._skip_through = last_seq
-        if last_id is not None and self.last_id is None:
-            self.last_id = last_id
+        self._cursor = cursor
+        self.last_id = last_id
 
     def _end(self, *, drop_queued: bool = False) -> None:
         """End the stream normally after what is queued (or at once, dropping it)."""
@@ -562,12 +599,19 @@ class Subscription:
         chunks = pending[:taken]
         del pending[:taken]
         queue = self._queue
-        while queue and size < MAX_CHUNK_BYTES:
-            seq, chunk = queue.popleft()
-            if self._skip_through is not None and seq is not None:
-                if seq <= self._skip_through:
-                    continue  # already sent from history
-                self._skip_through = None
+        cursor = self._cursor
+        while queue and size < MAX_CHUNK_BYTES and cursor is not None:
+            item, chunk = queue.popleft()
+            if isinstance(item, _Loss):
+                cursor.reset(item.stream)
+                chunk = history_lost_chunk(self.last_id, item.oldest_id)
+            else:
+                wire_id = cursor.admit(item)
+                if wire_id is None:
+                    continue  # already sent, or sent from another of its streams
+                if chunk is None:
+                    chunk = item.encode_with_id(wire_id)
+                self.last_id = wire_id
             chunks.append(chunk)
             size += len(chunk)
         return chunks

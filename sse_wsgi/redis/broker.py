@@ -1,0 +1,211 @@
+"""The Redis broker: per-channel history, routed delivery, one Redis server or a Redis Cluster."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .._process import fork_generation
+from .._validate import check_count, check_seconds
+from ..broker import Deliver, Lost, Message, Replay
+from ..errors import BrokerUnavailable
+from .history import REDIS_DOWN, UNKNOWN, History
+from .keys import check_prefix
+from .positions import ChannelCursor, Position, ids_of, parse_id, token, wire_id
+from .receiver import Receiver
+from .topology import Topology, connect
+
+__all__ = ["DEFAULT_TTL", "RedisBroker"]
+
+logger = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT = 5.0  # seconds, for every command and connection
+DEFAULT_TTL = 24 * 3600.0  # seconds a channel keeps its history after its last event
+
+
+def _safe_url(url: str) -> str:
+    """*url* with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisBroker:
+    """A broker on a Redis server (6.2 or later) or a Redis Cluster (7.0 or later).
+
+    Every channel has a history of its own (its last *history* events,
+    kept *ttl* seconds after its last event), and each process receives
+    only the events of the channels its subscribers want, over one
+    connection per server or cluster master. See the README's "Scaling
+    out" section for the layout.
+
+    :param topology: the server or cluster (see :func:`~sse_wsgi.redis.topology.connect`).
+    :param history: events kept per channel.
+    :param ttl: seconds a channel keeps its history after its last event.
+    :param key: the prefix of this broker's keys: apps sharing one Redis
+        with different keys never see each other's events.
+    :param url: shown in logs and ``stats()`` (without password).
+
+    Use :meth:`from_url`. The receiver starts in the process that serves
+    subscribers (see :meth:`start`), so a broker made before a fork works
+    in every child.
+    """
+
+    cross_process = True
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        history: int = 1000,
+        ttl: float = DEFAULT_TTL,
+        key: str = "sse_wsgi",
+        url: str = "redis",
+    ) -> None:
+        check_count("history", history)
+        check_seconds("ttl", ttl)
+        self._topology = topology
+        self.history = history
+        self.ttl = ttl
+        self._key = check_prefix(key)
+        self._url = _safe_url(url)
+        self._history = History(topology.client, prefix=key, history=history, ttl=ttl, sharded=topology.sharded)
+        self._receiver: Receiver | None = None
+        self._generation = -1
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, history: int = 1000, ttl: float = DEFAULT_TTL, key: str = "sse_wsgi"
+    ) -> RedisBroker:
+        """Connect to the Redis server at *url* (``redis://[:password@]host:6379/0``).
+
+        When that server is a node of a Redis Cluster (``cluster-enabled
+        yes``), the broker uses the whole cluster: any node serves as *url*.
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str like 'redis://localhost:6379/0', not {type(url).__name__}")
+        check_count("history", history)
+        check_seconds("ttl", ttl)
+        check_prefix(key)
+        try:
+            topology = connect(url, socket_timeout=SOCKET_TIMEOUT)
+        except REDIS_DOWN as error:
+            raise BrokerUnavailable(f"cannot reach Redis at {_safe_url(url)}: {error}") from error
+        return cls(topology, history=history, ttl=ttl, key=key, url=url)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _receiving_here(self) -> Receiver | None:
+        receiver = self._receiver
+        if receiver is not None and self._generation == fork_generation() and receiver.running:
+            return receiver
+        return None
+
+    def start(self, deliver: Deliver, lost: Lost) -> None:
+        """Start this process's receiver, if it has none; it connects when a channel is first watched."""
+        if self._receiving_here() is not None:
+            return
+        self._receiver = Receiver(self._topology, self._history, deliver, lost)
+        self._generation = fork_generation()
+
+    def watch(self, channels: Sequence[str]) -> None:
+        """Subscribe this process to *channels* (counted); return once their events are sure to arrive."""
+        receiver = self._receiving_here()
+        if receiver is None:
+            raise BrokerUnavailable("the Redis broker is not started in this process")
+        receiver.watch(channels)
+
+    def unwatch(self, channels: Sequence[str]) -> None:
+        """Undo one :meth:`watch`; the last one unsubscribes this process from a channel."""
+        receiver = self._receiving_here()
+        if receiver is not None:
+            receiver.unwatch(channels)
+
+    def cursor(self, channels: Sequence[str]) -> ChannelCursor:
+        """A cursor at what this process has delivered on each of *channels*."""
+        receiver = self._receiving_here()
+        ordered = ids_of(channels)
+        return ChannelCursor(ordered, [receiver.position(c) if receiver else None for c in ordered])
+
+    # -- publishing and history ----------------------------------------------------------
+
+    def publish(self, message: Message) -> str:
+        """Add *message* to each of its channels' history and send it live; return its id.
+
+        The id is the caller's own, or the event's position on each of its
+        channels (what a subscriber of exactly these channels resumes from).
+        On a cluster the channels are written one after the other: when a
+        master is unreachable, this raises, and the event may have reached
+        the channels written before.
+        """
+        try:
+            positions = self._history.publish(message)
+        except REDIS_DOWN as error:
+            raise BrokerUnavailable(f"event not published: Redis at {self._url} is unreachable ({error})") from error
+        if message.id is not None:
+            return message.id
+        by_channel = dict(zip(message.channels, positions, strict=True))
+        return wire_id([by_channel[c] for c in ids_of(message.channels)])
+
+    def replay(self, channels: Sequence[str], last_event_id: str) -> Replay | None:
+        """The events on *channels* after *last_event_id*, each once; ``None`` for an id that names nothing.
+
+        Reads only these channels, at most ``history + 1`` entries each, in
+        one pipeline; a caller's own id costs one index lookup per channel
+        first. The channels' events are merged in the order Redis wrote them.
+        """
+        ordered = ids_of(channels)
+        positions: list[Position | None] | None = parse_id(last_event_id, len(ordered))
+        try:
+            if positions is None:
+                positions = self._history.find(ordered, last_event_id)
+                if all(p is UNKNOWN for p in positions):
+                    return None
+            catchups = self._history.read(list(zip(ordered, positions, strict=True)))
+        except REDIS_DOWN as error:
+            raise BrokerUnavailable(f"history unavailable: Redis at {self._url} is unreachable ({error})") from error
+        cursor = ChannelCursor(ordered, [None if c.lost else p for p, c in zip(positions, catchups, strict=True)])
+        items = []
+        for _, record in heapq.merge(*(c.records for c in catchups), key=lambda pair: pair[0]):
+            sent_as = cursor.admit(record)
+            if sent_as is not None:
+                items.append((record, sent_as))
+        cursor.advance({channel: c.head for channel, c in zip(ordered, catchups, strict=True)})
+        lost = any(c.lost for c in catchups)
+        return Replay(items, cursor, lost=lost, oldest_id=items[0][0].id if items else None)
+
+    def stats(self) -> dict[str, Any]:
+        """Connection figures of this process's receiver, per node, and the last id seen per watched channel."""
+        receiver = self._receiving_here()
+        return {
+            "broker": "redis",
+            "url": self._url,
+            "key": self._key,
+            "cluster": self._topology.sharded,
+            "history_per_channel": self.history,
+            "history_ttl": self.ttl,
+            "reader_running": receiver is not None,
+            "connected": receiver is not None and receiver.connected,
+            "nodes": receiver.nodes() if receiver else {},
+            "channels_watched": len(receiver.positions()) if receiver else 0,
+            "last_seen_ids": {c: token(p) for c, p in receiver.positions().items()} if receiver else {},
+            "reconnects": receiver.reconnects if receiver else 0,
+            "gaps_reported": receiver.gaps if receiver else 0,
+        }
+
+    def close(self) -> None:
+        """Stop the receiver (within about a second) and close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        receiver = self._receiving_here()
+        if receiver is not None:
+            receiver.close()
+        self._topology.client.close()

@@ -1,0 +1,175 @@
+"""Each channel's history on Redis: publish into it, and read what follows a position.
+
+A channel keeps its last ``history`` events in a Redis Stream (trimmed
+exactly, so it holds what the in-memory broker would) and expires
+``ttl`` after its last event. An event is stored once per channel it was
+published to, with the same payload; the stream entry id is
+``<n>-<tag>`` (see :mod:`.positions`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.cluster
+
+from ..broker import Message, Record
+from ..memory import new_epoch
+from .keys import ChannelKeys, channel_keys
+from .positions import Position
+from .scripts import PUBLISH, READ
+
+__all__ = ["REDIS_DOWN", "UNKNOWN", "Catchup", "CommandClient", "History", "parse_live"]
+
+CommandClient = redis.Redis | redis.cluster.RedisCluster
+
+#: What a Redis (or Redis Cluster) that is away, restarting or failing over raises.
+REDIS_DOWN = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.TryAgainError,
+)
+
+TAGS = 1_000_000  # an event's tag is below this: a failover's lost event and its successor differ but once in a million
+
+#: A position read from nothing the history can check (a caller's id not found on this channel):
+#: reading after it gives the channel's whole history as lost.
+UNKNOWN = Position("", 0, 0)
+
+
+@dataclass(frozen=True)
+class Catchup:
+    """What a channel's history holds after a position.
+
+    :param records: ``(microseconds, record)`` pairs in the channel's order.
+    :param lost: True when events after the position are gone (trimmed,
+        expired, or a new epoch or a failover replaced them).
+    :param head: the channel's last position when read (``None``: no event).
+    """
+
+    records: list[tuple[int, Record]]
+    lost: bool
+    head: Position | None
+
+
+def _payload(message: Message) -> str:
+    return json.dumps([message.channels, message.data, message.event, message.id, message.retry], separators=(",", ":"))
+
+
+def _record(channel: str, position: Position, payload: str) -> Record:
+    channels, data, event, custom_id, retry = json.loads(payload)
+    message = Message(tuple(channels), data, event, custom_id, retry)
+    return Record.from_message(position, custom_id if custom_id is not None else position.token, message, channel)
+
+
+def parse_live(channel: str, text: str) -> Record:
+    """The record a live message of *channel* carries (``"<token> <payload>"``)."""
+    token, _, payload = text.partition(" ")
+    epoch, n, tag = token.split("-")
+    return _record(channel, Position(epoch, int(n), int(tag)), payload)
+
+
+class History:
+    """The channels' histories in one Redis (or Redis Cluster), under one key prefix."""
+
+    def __init__(self, client: CommandClient, *, prefix: str, history: int, ttl: float, sharded: bool) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.history = history
+        self._ttl_ms = max(1, round(ttl * 1000))
+        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self._publish_script = client.register_script(PUBLISH)
+
+    def keys(self, channel: str) -> ChannelKeys:
+        """The Redis names of *channel*."""
+        return channel_keys(self.prefix, channel)
+
+    def publish(self, message: Message) -> list[Position]:
+        """Add *message* to each of its channels in turn; its position in each."""
+        payload = _payload(message)
+        positions = []
+        for channel in message.channels:
+            keys = self.keys(channel)
+            tag = secrets.randbelow(TAGS)
+            args: list[str | int] = [self.history, self._ttl_ms, new_epoch(), tag, payload, message.id or ""]
+            args += [self._publish_command, keys.live, channel]
+            epoch, n = self._publish_script(keys=[keys.meta, keys.stream, keys.ids], args=args)
+            positions.append(Position(str(epoch), int(n), tag))
+        return positions
+
+    def head(self, channel: str) -> Position | None:
+        """The position of *channel*'s last event; ``None`` when it has none."""
+        return self.read([(channel, None)], entries=False)[0].head
+
+    def find(self, channels: Sequence[str], custom_id: str) -> list[Position | None]:
+        """Where the caller's id *custom_id* is on each channel; ``UNKNOWN`` where it is not kept."""
+        pipe = self.client.pipeline(transaction=False)
+        for channel in channels:
+            keys = self.keys(channel)
+            pipe.zscore(keys.ids, custom_id)
+            pipe.hget(keys.meta, "e")
+        answers = pipe.execute()
+        found: list[Position | None] = []
+        for score, epoch in zip(answers[::2], answers[1::2], strict=True):
+            found.append(UNKNOWN if score is None or epoch is None else Position(str(epoch), int(score), -1))
+        return found
+
+    def read(self, after: Sequence[tuple[str, Position | None]], *, entries: bool = True) -> list[Catchup]:
+        """For each ``(channel, position)``, what the channel holds after it (``None``: from its start).
+
+        One consistent read per channel, all in one pipeline; at most
+        ``history + 1`` entries each.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for channel, position in after:
+            keys = self.keys(channel)
+            start = "-" if position is None or position is UNKNOWN else f"{max(position.n, 1)}-0"
+            pipe.eval(READ, 2, keys.meta, keys.stream, start, self.history + 1 if entries else 0)
+        answers = pipe.execute()
+        catchups: list[Catchup | None] = []
+        again = []  # an id of another epoch: the whole history, read a second time from its start
+        for (channel, position), (epoch, kept, last) in zip(after, answers, strict=True):
+            catchup = self._catchup(channel, position, str(epoch), kept, last)
+            if catchup is None:
+                again.append(len(catchups))
+            catchups.append(catchup)
+        if again:
+            for index, redone in zip(again, self.read([(after[i][0], None) for i in again]), strict=True):
+                catchups[index] = Catchup(redone.records, True, redone.head)
+        return catchups  # type: ignore[return-value]
+
+    def _catchup(
+        self, channel: str, after: Position | None, epoch: str, kept: list[Any], last: list[Any]
+    ) -> Catchup | None:
+        if not epoch:  # no such channel (never published, expired, or lost)
+            return Catchup([], after is not None and after is not UNKNOWN, None)
+        head = self._position(epoch, last[0][0]) if last else None
+        if after is not None and after is not UNKNOWN and after.epoch != epoch:
+            return None
+        records = [self._entry(channel, epoch, entry) for entry in kept]
+        if after is None or after is UNKNOWN:
+            first_n = records[0][1].seq.n if records else None
+            return Catchup(records, after is UNKNOWN or (first_n is not None and first_n > 1), head)
+        if not records:  # the channel went back before *after*: a failover or a restart lost events
+            return Catchup([], True, head)
+        first: Position = records[0][1].seq
+        if first.n == after.n and (first.tag == after.tag or after.tag == -1):
+            return Catchup(records[1:], False, head)
+        return Catchup(records, first.n != after.n + 1, head)
+
+    @staticmethod
+    def _position(epoch: str, entry_id: str) -> Position:
+        n, _, tag = entry_id.partition("-")
+        return Position(epoch, int(n), int(tag))
+
+    def _entry(self, channel: str, epoch: str, entry: list[Any]) -> tuple[int, Record]:
+        entry_id, fields = entry
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+        return int(values["t"]), _record(channel, self._position(epoch, entry_id), values["p"])
