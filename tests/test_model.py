@@ -122,6 +122,28 @@ class Stream:
         self.allowed.set()
 
 
+@dataclass(frozen=True)
+class Expected:
+    """One event a client should get: its log position, the id publish() returned, its data and its stream."""
+
+    index: int
+    wire_id: str
+    value: str
+    stream: str
+
+    def matches(self, wire_id: str, value: str, ids_per_stream: bool) -> bool:
+        """True when an event received as (*wire_id*, *value*) is this one.
+
+        Where ids name a position on each of the subscriber's channels, a
+        subscriber's id is its own, not publish()'s: the data alone tells
+        (the cross-process model's data are unique), and a caller's own id
+        must still come as it was given.
+        """
+        if not ids_per_stream:
+            return (wire_id, value) == (self.wire_id, self.value)
+        return value == self.value and (wire_id == self.wire_id or not self.wire_id.startswith("custom-"))
+
+
 @dataclass
 class Client:
     """A browser: its channels and properties, what it received, and where it is in the model's log."""
@@ -132,8 +154,8 @@ class Client:
     start: int  # the model's log position its expectations start from
     stream_opened: int = 0  # the model's log position when its current stream opened
     parser: EventStreamParser = field(default_factory=EventStreamParser)
-    position: int = 0  # in its expected sequence
-    lost_since_last: bool = False
+    passed: set[int] = field(default_factory=set)  # log positions received, or skipped after a loss event
+    lost_in: set[str] = field(default_factory=set)  # streams that may skip ahead: a loss event came since
 
     @property
     def last_id(self) -> str | None:
@@ -144,6 +166,8 @@ class PublisherModel(RuleBasedStateMachine):
     """The machine; subclasses say how a publisher is made."""
 
     cross_process = False
+    ordered_per_channel = False  # True: order is kept per channel (Redis), not across all of them
+    ids_per_stream = False  # True: a subscriber's id names its position on each of its channels
 
     def make_publisher(self) -> Publisher:
         raise NotImplementedError
@@ -167,34 +191,43 @@ class PublisherModel(RuleBasedStateMachine):
 
     # -- the model -------------------------------------------------------------------------------
 
-    def expected(self, client: Client) -> list[tuple[int, str, str]]:
-        """(log position, id, data) of every event *client* should get, in order."""
+    def stream_of(self, client: Client, published: Published) -> str:
+        """The stream whose order *client* gets *published* in: one for all, or its first channel of the event's."""
+        if not self.ordered_per_channel:
+            return ""
+        return min(published.channels & client.channels)  # publish() sends the channels sorted
+
+    def expected(self, client: Client) -> list[Expected]:
+        """Every event *client* should get, in the model's order."""
         wanted = []
         for index, published in enumerate(self.log[client.start :], client.start):
             if published.channels & client.channels:
                 value = published.value(client.properties)
                 if value is not None:
-                    wanted.append((index, published.wire_id, value))
+                    wanted.append(Expected(index, published.wire_id, value, self.stream_of(client, published)))
         return wanted
 
     def check(self, client: Client, chunks: list[bytes]) -> None:
         """The invariant, for what *client* just received."""
-        expected = [(wire_id, value) for _, wire_id, value in self.expected(client)]
+        expected = self.expected(client)
         for event in client.parser.feed(b"".join(chunks)):
             if event.type == HISTORY_LOST_EVENT:
-                client.lost_since_last = True
+                client.lost_in = {item.stream for item in expected}
                 continue
             got = (event.last_event_id, event.data)
-            assert got in expected[client.position :], f"unexpected, repeated or out of order: {got}"
-            index = expected.index(got, client.position)
-            assert index == client.position or client.lost_since_last, (
-                f"silent gap: {expected[client.position : index]} missing before {got}"
-            )
-            client.position, client.lost_since_last = index + 1, False
+            waiting = [item for item in expected if item.index not in client.passed]
+            found = [item for item in waiting if item.matches(*got, self.ids_per_stream)]
+            assert found, f"unexpected, repeated or out of order: {got}"
+            item = found[0]
+            skipped = [e for e in waiting if e.index < item.index and e.stream == item.stream]
+            assert not skipped or item.stream in client.lost_in, f"silent gap: {skipped} missing before {got}"
+            client.passed.update(e.index for e in skipped)
+            client.passed.add(item.index)
+            client.lost_in.discard(item.stream)
         if not client.stream.ended:  # a live stream has everything published since it opened
-            missing = self.expected(client)[client.position :]
-            if client.lost_since_last:  # what went before the loss event is gone, as it said
-                missing = [item for item in missing if item[0] >= client.stream_opened]
+            missing = [item for item in expected if item.index not in client.passed]
+            # what went before a loss event is gone, as it said
+            missing = [e for e in missing if e.stream not in client.lost_in or e.index >= client.stream_opened]
             assert not missing, f"missing on a live stream: {missing}"
 
     # -- rules -----------------------------------------------------------------------------------
@@ -261,7 +294,7 @@ class PublisherModel(RuleBasedStateMachine):
         client.stream_opened = len(self.log)
         self.forgive_a_custom_id(client)
         if last_id is None:  # a browser that never got an id starts afresh
-            client.start, client.position = len(self.log), 0
+            client.start, client.passed = len(self.log), set()
 
     @precondition(lambda self: self.restarts < MAX_RESTARTS)
     @rule()
@@ -289,7 +322,7 @@ class PublisherModel(RuleBasedStateMachine):
             client.stream_opened = len(self.log)
             self.forgive_a_custom_id(client)
             if client.last_id is None:
-                client.start, client.position = len(self.log), 0
+                client.start, client.passed = len(self.log), set()
 
     def forgive_a_custom_id(self, client: Client) -> None:
         """A caller's own id no longer kept (or from before a restart) cannot be told from a malformed one.
@@ -299,7 +332,7 @@ class PublisherModel(RuleBasedStateMachine):
         before this stream's first events is accepted for such a client.
         """
         if client.last_id is not None and client.last_id.startswith("custom-"):
-            client.lost_since_last = True
+            client.lost_in = {self.stream_of(client, p) for p in self.log if p.channels & client.channels}
 
     @invariant()
     def nothing_is_left_registered_but_the_open_streams(self) -> None:
@@ -330,6 +363,8 @@ def model_redis(tmp_path_factory: pytest.TempPathFactory):
 
 class RedisModel(PublisherModel):
     cross_process = True
+    ordered_per_channel = True
+    ids_per_stream = True
     url = ""
 
     @initialize()
@@ -343,15 +378,16 @@ class RedisModel(PublisherModel):
             return Publisher.from_url(self.url, history=HISTORY, queue_size=QUEUE, key=self.key)
 
     def wait_for_deliveries(self) -> None:
-        published = len(self.log)
+        """Until this process has received every event of every channel it watches."""
+        published = {c: sum(1 for p in self.log if c in p.channels) for c in CHANNELS}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             stats = self.publisher.stats()
-            seen = stats["last_seen_id"]
-            if not stats["reader_running"] or (seen is not None and int(seen.rpartition("-")[2]) >= published):
+            seen = stats["last_seen_ids"]
+            if all(token == "0" or int(token.split("-")[1]) >= published[c] for c, token in seen.items()):
                 return
             time.sleep(0.005)
-        raise AssertionError(f"the reader did not catch up with {published} events: {stats}")
+        raise AssertionError(f"the receiver did not catch up with {published}: {stats}")
 
 
 @pytest.mark.integration

@@ -168,7 +168,7 @@ class RedisBroker:
                 positions = self._history.find(ordered, last_event_id)
                 if all(p is UNKNOWN for p in positions):
                     return None
-            catchups = self._history.read(list(zip(ordered, positions, strict=True)))
+            catchups = self._history.read(list(zip(ordered, positions, strict=True)), rewind=True)
         except REDIS_DOWN as error:
             raise BrokerUnavailable(f"history unavailable: Redis at {self._url} is unreachable ({error})") from error
         cursor = ChannelCursor(ordered, [None if c.lost else p for p, c in zip(positions, catchups, strict=True)])

@@ -40,7 +40,7 @@ REDIS_DOWN = (
 TAGS = 1_000_000  # an event's tag is below this: a failover's lost event and its successor differ but once in a million
 
 #: A position read from nothing the history can check (a caller's id not found on this channel):
-#: reading after it gives the channel's whole history as lost.
+#: reading after it gives nothing but the channel's head, as lost when the channel has events.
 UNKNOWN = Position("", 0, 0)
 
 
@@ -85,6 +85,7 @@ class History:
         self.history = history
         self._ttl_ms = max(1, round(ttl * 1000))
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self._atomic_reads = not sharded  # one server reads several channels in one transaction
         self._publish_script = client.register_script(PUBLISH)
 
     def keys(self, channel: str) -> ChannelKeys:
@@ -121,22 +122,29 @@ class History:
             found.append(UNKNOWN if score is None or epoch is None else Position(str(epoch), int(score), -1))
         return found
 
-    def read(self, after: Sequence[tuple[str, Position | None]], *, entries: bool = True) -> list[Catchup]:
+    def read(
+        self, after: Sequence[tuple[str, Position | None]], *, entries: bool = True, rewind: bool = False
+    ) -> list[Catchup]:
         """For each ``(channel, position)``, what the channel holds after it (``None``: from its start).
 
         One consistent read per channel, all in one pipeline; at most
-        ``history + 1`` entries each.
+        ``history + 1`` entries each. A position of another epoch is lost,
+        and the whole history follows. So does one past the channel's last
+        event when *rewind* is true (a client's id from a life the channel
+        lost); otherwise (this process's own position, whose events it has
+        delivered) nothing follows it.
         """
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=self._atomic_reads)
         for channel, position in after:
             keys = self.keys(channel)
-            start = "-" if position is None or position is UNKNOWN else f"{max(position.n, 1)}-0"
-            pipe.eval(READ, 2, keys.meta, keys.stream, start, self.history + 1 if entries else 0)
+            start = "-" if position is None else f"{max(position.n, 1)}-0"
+            count = self.history + 1 if entries and position is not UNKNOWN else 0
+            pipe.eval(READ, 2, keys.meta, keys.stream, start, count)
         answers = pipe.execute()
         catchups: list[Catchup | None] = []
         again = []  # an id of another epoch: the whole history, read a second time from its start
         for (channel, position), (epoch, kept, last) in zip(after, answers, strict=True):
-            catchup = self._catchup(channel, position, str(epoch), kept, last)
+            catchup = self._catchup(channel, position, str(epoch), kept, last, rewind)
             if catchup is None:
                 again.append(len(catchups))
             catchups.append(catchup)
@@ -146,19 +154,20 @@ class History:
         return catchups  # type: ignore[return-value]
 
     def _catchup(
-        self, channel: str, after: Position | None, epoch: str, kept: list[Any], last: list[Any]
+        self, channel: str, after: Position | None, epoch: str, kept: list[Any], last: list[Any], rewind: bool
     ) -> Catchup | None:
         if not epoch:  # no such channel (never published, expired, or lost)
             return Catchup([], after is not None and after is not UNKNOWN, None)
         head = self._position(epoch, last[0][0]) if last else None
-        if after is not None and after is not UNKNOWN and after.epoch != epoch:
+        if after is UNKNOWN:  # what this client has of the channel is unknown: resend nothing, say so
+            return Catchup([], head is not None, head)
+        if after is not None and after.epoch != epoch:
             return None
         records = [self._entry(channel, epoch, entry) for entry in kept]
-        if after is None or after is UNKNOWN:
-            first_n = records[0][1].seq.n if records else None
-            return Catchup(records, after is UNKNOWN or (first_n is not None and first_n > 1), head)
+        if after is None:
+            return Catchup(records, bool(records) and records[0][1].seq.n > 1, head)
         if not records:  # the channel went back before *after*: a failover or a restart lost events
-            return Catchup([], True, head)
+            return None if rewind and head is not None else Catchup([], True, head)
         first: Position = records[0][1].seq
         if first.n == after.n and (first.tag == after.tag or after.tag == -1):
             return Catchup(records[1:], False, head)
