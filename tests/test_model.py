@@ -42,6 +42,7 @@ from hypothesis.stateful import (
 from sse_wsgi import HISTORY_LOST_EVENT, Publisher, Subscription
 from sse_wsgi.testing import EventStreamParser
 from tests.conftest import require
+from tests.redis_cluster import LocalCluster, module_redis_cluster  # noqa: F401  (the fixture)
 from tests.redis_server import RedisServer, redis_server_binary
 
 CHANNELS = ("a", "b", "c")
@@ -396,4 +397,18 @@ def test_redis_model(model_redis: RedisServer) -> None:
     RedisModel.url = model_redis.url
     run_state_machine_as_test(
         RedisModel, settings=settings(max_examples=EXAMPLES or 60, stateful_step_count=30, deadline=None, database=None)
+    )
+
+
+class RedisClusterModel(RedisModel):
+    """The same machine on a three-master Redis Cluster: the channels live on different masters."""
+
+
+@pytest.mark.integration
+@pytest.mark.redis
+def test_redis_cluster_model(module_redis_cluster: LocalCluster) -> None:  # noqa: F811
+    RedisClusterModel.url = module_redis_cluster.url
+    run_state_machine_as_test(
+        RedisClusterModel,
+        settings=settings(max_examples=EXAMPLES or 40, stateful_step_count=30, deadline=None, database=None),
     )

@@ -398,3 +398,39 @@ def test_redis_losing_its_data_gives_live_subscribers_the_loss_event(redis_serve
     assert events[1].type == HISTORY_LOST_EVENT and json.loads(events[1].data)["last_event_id"] == before
     assert (events[2].data, events[2].last_event_id) == ("after", after)
     assert after.partition("-")[0] != before.partition("-")[0]  # a new epoch: old ids are never taken for new ones
+
+
+def test_writes_lost_by_a_failover_are_reported_live_and_on_resume_never_renumbered_silently(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """A promoted replica that missed the last writes numbers new events as the lost ones were numbered."""
+    import redis as redis_py
+
+    from sse_wsgi.redis.keys import channel_keys
+
+    admin = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = channel_keys("sse_wsgi", "chat")
+    with Publisher.from_url(redis_server.url) as publisher:
+        reader = Reader(publisher.subscribe("chat", heartbeat=None))
+        ids = [publisher.publish(f"e{n}", "chat") for n in (1, 2, 3)]
+        reader.wait_for(3)
+        # Make the data what the replica had (event 1 only), then drop the old master's connections.
+        entry_ids = [event_id.split("-", 1)[1] for event_id in ids]  # <n>-<tag>
+        admin.xdel(keys.stream, *entry_ids[1:])
+        admin.execute_command("XSETID", keys.stream, entry_ids[0])
+        admin.hset(keys.meta, "n", 1)
+        admin.client_kill_filter(_type="pubsub")
+        deadline = time.monotonic() + 10
+        while publisher.stats()["gaps_reported"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        new = [publisher.publish(f"new{n}", "chat") for n in (2, 3, 4)]
+        events = reader.wait_for(7)
+        assert [e.data for e in events[:3]] == ["e1", "e2", "e3"]
+        assert events[3].type == HISTORY_LOST_EVENT
+        assert [(e.data, e.last_event_id) for e in events[4:]] == list(zip(["new2", "new3", "new4"], new, strict=True))
+        assert [stream_seq(i)[1] for i in new] == [2, 3, 4]  # the lost numbers, given again
+        resumed = Reader(publisher.subscribe("chat", last_event_id=ids[2], heartbeat=None))  # had the old event 3
+        replay = resumed.wait_for(3)
+        assert replay[0].type == HISTORY_LOST_EVENT  # its tag tells the old 3 from the new one
+        assert [e.data for e in replay[1:]] == ["new3", "new4"]
+    admin.close()

@@ -139,7 +139,7 @@ class History:
             keys = self.keys(channel)
             start = "-" if position is None else f"{max(position.n, 1)}-0"
             count = self.history + 1 if entries and position is not UNKNOWN else 0
-            pipe.eval(READ, 2, keys.meta, keys.stream, start, count)
+            pipe.execute_command("EVAL", READ, 2, keys.meta, keys.stream, start, count)
         answers = pipe.execute()
         catchups: list[Catchup | None] = []
         again = []  # an id of another epoch: the whole history, read a second time from its start

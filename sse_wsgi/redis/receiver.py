@@ -357,6 +357,10 @@ class Receiver:
             link.channels -= 1
             self._lose_home(channel, error)
             return
+        except Exception as error:  # nobody waits for this channel in vain; the dispatcher logs it
+            for waiter in self._waiters.pop(channel, ()):
+                waiter.settle(channel, error)
+            raise
         for waiter in self._waiters.pop(channel, ()):
             waiter.settle(channel)
 
