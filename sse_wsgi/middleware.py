@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from ._http import (
 )
 from ._servers import disconnect_probe, warn_if_not_concurrent
 from ._validate import check_count, check_seconds
+from .errors import BrokerUnavailable
 from .event import Event, check_retry
 from .publisher import DEFAULT_CHANNEL, Publisher
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["SSEMiddleware"]
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 _ALLOW = ("Allow", ALLOWED_METHODS)
@@ -37,6 +41,9 @@ _SHED_RETRY_MS = (5_000, 15_000)
 # A stream asked of a draining process (one that is stopping) is told to come
 # back soon: the browser reconnects to another process.
 _DRAIN_RETRY_MS = (250, 2_000)
+# A stream that the broker cannot set up now (Redis unreachable for a channel
+# this process does not follow yet) is told to come back in a few seconds.
+_UNAVAILABLE_RETRY_MS = (1_000, 5_000)
 
 
 class SSEMiddleware:
@@ -154,15 +161,20 @@ class SSEMiddleware:
     ) -> Iterable[bytes]:
         environ["eventlet.minimum_write_chunk_size"] = 0  # eventlet.wsgi buffers 4 KiB otherwise
         warn_if_not_concurrent(environ)
-        subscription = self.publisher.subscribe(
-            channels,
-            properties=self.properties(environ) if self.properties is not None else None,
-            initial_data=[self._opening],
-            last_event_id=last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query),
-            heartbeat=self.heartbeat,
-            max_lifetime=self.max_lifetime,
-            client_disconnected=disconnect_probe(environ),
-        )
+        try:
+            subscription = self.publisher.subscribe(
+                channels,
+                properties=self.properties(environ) if self.properties is not None else None,
+                initial_data=[self._opening],
+                last_event_id=last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query),
+                heartbeat=self.heartbeat,
+                max_lifetime=self.max_lifetime,
+                client_disconnected=disconnect_probe(environ),
+            )
+        except BrokerUnavailable as error:  # the browser comes back later: a non-200 answer would stop it for good
+            logger.warning("stream refused for now: %s", error)
+            start_response("200 OK", headers)
+            return [Event(retry=random.randint(*_UNAVAILABLE_RETRY_MS)).encode()]
         start_response("200 OK", headers)
         return subscription
 

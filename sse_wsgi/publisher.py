@@ -487,8 +487,11 @@ class Publisher:
                 subscription._registered = False
             self._subscription_count = 0
             self._ticker.clear()
+        watched = [c for s in subscriptions if s._watching for c in s.channels]
         for subscription in subscriptions:
-            self._unwatch(subscription)
+            subscription._watching = False
+        if watched:
+            self._broker.unwatch(watched)  # one request for all of them: each channel counted as often as named
         return subscriptions
 
     def close(self) -> None:

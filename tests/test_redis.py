@@ -434,3 +434,27 @@ def test_writes_lost_by_a_failover_are_reported_live_and_on_resume_never_renumbe
         assert replay[0].type == HISTORY_LOST_EVENT  # its tag tells the old 3 from the new one
         assert [e.data for e in replay[1:]] == ["new3", "new4"]
     admin.close()
+
+
+def test_a_stream_redis_cannot_set_up_now_gets_a_retry_hint_and_leaves_nothing(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    from werkzeug.test import Client
+
+    from sse_wsgi import SSEMiddleware
+    from sse_wsgi.testing import EventStreamParser
+
+    publisher = Publisher.from_url(redis_server.url)
+    app = SSEMiddleware(lambda environ, start_response: [], publisher)
+    redis_server.stop()
+    response = Client(app).get("/events/a-new-channel")
+    assert response.status_code == 200  # a browser that got 503 would never come back
+    parser = EventStreamParser()
+    assert parser.feed(response.get_data()) == []  # a retry hint alone, then the end
+    assert parser.retry is not None and 1000 <= parser.retry <= 5000
+    assert publisher.subscription_count == 0 and publisher.stats()["channels_watched"] == 0
+    redis_server.start()
+    live = Reader(publisher.subscribe("a-new-channel", heartbeat=None))  # it works once Redis is back
+    publisher.publish("hello", "a-new-channel")
+    assert [e.data for e in live.wait_for(1)] == ["hello"]
+    publisher.close()
