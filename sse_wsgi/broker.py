@@ -30,7 +30,11 @@ from typing import Any, Protocol
 
 from .event import Event
 
-__all__ = ["Broker", "Cursor", "Deliver", "Lost", "Message", "Record", "Replay"]
+#: Seconds a set of several channels held by a GRIP proxy stays registered after
+#: its last hold or recovery request (the proxy asks again at least every minute).
+HELD_SET_TTL = 180.0
+
+__all__ = ["Broker", "Cursor", "Deliver", "Hold", "Lost", "Message", "ProxyItem", "Record", "Replay"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,37 @@ class Replay:
         return [record for record, _ in self.items]
 
 
+@dataclass(frozen=True)
+class ProxyItem:
+    """What a GRIP proxy gets of a published event for the connections it holds on one set of channels.
+
+    :param channels: the set of channels those connections follow (sorted).
+    :param id: the id of the event for them: what they resume from.
+    :param prev_id: the id of the event before it for them (or the set's
+        placeholder when there was none), fixed in the same step as
+        :attr:`id`, so that the proxy can see a gap.
+    :param record: the event.
+    """
+
+    channels: tuple[str, ...]
+    id: str
+    prev_id: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What a stream held by a GRIP proxy starts with, from one read of the history.
+
+    :param replay: the replay after the client's id (``None``: no id, or an id that names nothing).
+    :param id: the id the held set of channels is at once the body is sent:
+        that of the last event it carries, or the set's current one.
+    """
+
+    replay: Replay | None
+    id: str
+
+
 Deliver = Callable[[Record], None]
 #: Called with the stream whose events were lost (``None``: possibly any) and the
 #: id of the oldest event still kept there (``None`` if unknown), when events
@@ -171,6 +206,18 @@ class Broker(Protocol):
 
     def replay(self, channels: Sequence[str], last_event_id: str) -> Replay | None:
         """Records on *channels* after *last_event_id*; ``None`` when that id is malformed."""
+
+    def publish_for_proxies(self, message: Message) -> tuple[str, list[ProxyItem]]:
+        """Publish *message* as :meth:`publish` does; also what each set of channels held by a proxy gets.
+
+        One item for each of the message's channels, and one for each set of
+        several channels registered by :meth:`hold` (within the last
+        :data:`HELD_SET_TTL` seconds) that it reaches, so that a connection
+        held on several channels gets the event once.
+        """
+
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
+        """Register *channels* as a set held by a proxy; the replay after *last_event_id* and the set's id."""
 
     def stats(self) -> dict[str, Any]:
         """Plain-dict figures about the history and the connection."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import bisect
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from ._process import ProcessLock, fork_generation
 from ._validate import check_count
-from .broker import Deliver, Lost, Message, Record, Replay
+from .broker import HELD_SET_TTL, Deliver, Hold, Lost, Message, ProxyItem, Record, Replay
 
 __all__ = ["MemoryBroker"]
 
@@ -108,6 +109,9 @@ class MemoryBroker:
         self._channels: dict[str, _Channel] = {}
         self._order: OrderedDict[int, _Kept] = OrderedDict()
         self._custom_ids: dict[str, int] = {}  # a caller's own id -> the seq of its newest kept record
+        self._last: OrderedDict[str, tuple[int, str]] = OrderedDict()  # channel -> (seq, id) of its last event
+        self._held: dict[tuple[str, ...], float] = {}  # a set held by a GRIP proxy -> when it expires
+        self._held_by_channel: dict[str, set[tuple[str, ...]]] = {}
         self._forgotten_through = 0  # the highest seq evicted from a channel whose state is gone
 
     def _check_fork(self) -> None:
@@ -137,15 +141,70 @@ class MemoryBroker:
     def publish(self, message: Message) -> str:
         """Number, keep and deliver *message*; return its wire id."""
         with self._lock:
+            return self._publish(message).id
+
+    def _publish(self, message: Message) -> Record:
+        self._check_fork()
+        self._seq += 1
+        seq = self._seq
+        wire_id = message.id if message.id is not None else f"{self._epoch}-{seq}"
+        record = Record.from_message(seq, wire_id, message)
+        self._keep(record, custom=message.id is not None)
+        for name in message.channels:
+            self._last[name] = (seq, wire_id)
+            self._last.move_to_end(name)
+        while len(self._last) > self.history_total:
+            self._last.popitem(last=False)
+        if self._deliver is not None:
+            self._deliver(record)
+        return record
+
+    def publish_for_proxies(self, message: Message) -> tuple[str, list[ProxyItem]]:
+        """Publish *message*; one proxy item per channel and per held set it reaches, ids fixed under one lock."""
+        with self._lock:
             self._check_fork()
-            self._seq += 1
-            seq = self._seq
-            wire_id = message.id if message.id is not None else f"{self._epoch}-{seq}"
-            record = Record.from_message(seq, wire_id, message)
-            self._keep(record, custom=message.id is not None)
-            if self._deliver is not None:
-                self._deliver(record)
-        return wire_id
+            reached = self._held_sets_of(message.channels)
+            before = {names: self._set_id(names) for names in [(name,) for name in message.channels] + reached}
+            record = self._publish(message)
+        return record.id, [ProxyItem(names, record.id, prev_id, record) for names, prev_id in before.items()]
+
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
+        """Register a held set of several *channels*; the replay after *last_event_id* and the set's id."""
+        names = tuple(sorted(set(channels)))
+        with self._lock:
+            self._check_fork()
+            if len(names) > 1:
+                self._held[names] = time.monotonic() + HELD_SET_TTL
+                for name in names:
+                    self._held_by_channel.setdefault(name, set()).add(names)
+            replay = None if last_event_id is None else self._replay(names, last_event_id)
+            return Hold(replay, self._set_id(names))
+
+    def _set_id(self, names: tuple[str, ...]) -> str:
+        """The id of the last event on any of *names* (``<epoch>-0`` when none is known)."""
+        known = [self._last[name] for name in names if name in self._last]
+        return max(known)[1] if known else f"{self._epoch}-0"
+
+    def _held_sets_of(self, channels: Sequence[str]) -> list[tuple[str, ...]]:
+        """The held sets of several channels that include one of *channels*; expired ones are forgotten."""
+        now = time.monotonic()
+        found: dict[tuple[str, ...], None] = {}
+        for name in channels:
+            for names in list(self._held_by_channel.get(name, ())):
+                if self._held.get(names, 0) > now:
+                    found[names] = None
+                else:
+                    self._forget_held(names)
+        return list(found)
+
+    def _forget_held(self, names: tuple[str, ...]) -> None:
+        self._held.pop(names, None)
+        for name in names:
+            sets = self._held_by_channel.get(name)
+            if sets is not None:
+                sets.discard(names)
+                if not sets:
+                    del self._held_by_channel[name]
 
     def _keep(self, record: Record, *, custom: bool) -> None:
         if self.history == 0:
@@ -194,36 +253,37 @@ class MemoryBroker:
         that it has no hole (older events still kept on another of them are
         not sent: the client was told to start over).
         """
-        channels = tuple(channels)
         with self._lock:
             self._check_fork()
-            after = self._resolve(last_event_id)
-            if after is None:
-                return None
-            lost = after < 0 or after > self._seq
-            if lost:
-                after = 0
-            # Replay from the last point where any of these channels forgot events, so
-            # that what follows the loss event has no hole on any of them.
-            floor = after
-            for name in channels:
-                channel = self._channels.get(name)
-                forgot = self._forgotten_through if channel is None else channel.evicted_through
-                floor = max(floor, forgot)
-            lost = lost or floor > after
-            by_seq: dict[int, Record] = {}
-            for name in channels:
-                channel = self._channels.get(name)
-                if channel is not None:
-                    kept = channel.kept
-                    start = bisect.bisect_right(kept, floor, key=lambda k: k.record.seq)
-                    for entry in kept[start:]:
-                        by_seq[entry.record.seq] = entry.record
-            head = self._seq  # everything up to it is replayed here, or was before the id, or is elsewhere
+            return self._replay(tuple(channels), last_event_id)
+
+    def _replay(self, channels: tuple[str, ...], last_event_id: str) -> Replay | None:
+        after = self._resolve(last_event_id)
+        if after is None:
+            return None
+        lost = after < 0 or after > self._seq
+        if lost:
+            after = 0
+        # Replay from the last point where any of these channels forgot events, so
+        # that what follows the loss event has no hole on any of them.
+        floor = after
+        for name in channels:
+            channel = self._channels.get(name)
+            forgot = self._forgotten_through if channel is None else channel.evicted_through
+            floor = max(floor, forgot)
+        lost = lost or floor > after
+        by_seq: dict[int, Record] = {}
+        for name in channels:
+            channel = self._channels.get(name)
+            if channel is not None:
+                kept = channel.kept
+                start = bisect.bisect_right(kept, floor, key=lambda k: k.record.seq)
+                for entry in kept[start:]:
+                    by_seq[entry.record.seq] = entry.record
+        head = self._seq  # everything up to it is replayed here, or was before the id, or is elsewhere
         records = [by_seq[seq] for seq in sorted(by_seq)]
-        return Replay(
-            [(r, r.id) for r in records], SeqCursor(head), lost=lost, oldest_id=records[0].id if records else None
-        )
+        oldest_id = records[0].id if records else None
+        return Replay([(r, r.id) for r in records], SeqCursor(head), lost=lost, oldest_id=oldest_id)
 
     def _resolve(self, last_event_id: str) -> int | None:
         """The seq after which to resume; -1 for an id of another life; ``None`` for an unknown id."""
@@ -259,3 +319,6 @@ class MemoryBroker:
             self._channels.clear()
             self._order.clear()
             self._custom_ids.clear()
+            self._last.clear()
+            self._held.clear()
+            self._held_by_channel.clear()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from ._http import (
     STREAM_HEADERS,
@@ -20,9 +21,18 @@ from ._http import (
 )
 from ._servers import disconnect_probe, warn_if_not_concurrent
 from ._validate import check_count, check_seconds
-from .errors import BrokerUnavailable
+from .broker import Replay
+from .errors import BrokerUnavailable, PublisherClosed
 from .event import Event, check_retry
-from .publisher import DEFAULT_CHANNEL, Publisher
+from .grip import (
+    grip_channel_header,
+    held_channel,
+    keep_alive_header,
+    link_signature,
+    parse_grip_last,
+    verify_grip_sig,
+)
+from .publisher import DEFAULT_CHANNEL, Publisher, history_lost_chunk
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -44,6 +54,9 @@ _DRAIN_RETRY_MS = (250, 2_000)
 # A stream that the broker cannot set up now (Redis unreachable for a channel
 # this process does not follow yet) is told to come back in a few seconds.
 _UNAVAILABLE_RETRY_MS = (1_000, 5_000)
+# A GRIP proxy fetches a held stream's recovery link this often (seconds) even
+# when it missed nothing: that renews the registration of a held set of channels.
+_RECOVERY_EVERY = 60
 
 
 class SSEMiddleware:
@@ -127,6 +140,10 @@ class SSEMiddleware:
         answer_cors = cors or []  # an origin that may not subscribe gets no CORS header
         if method not in ("GET", "HEAD"):
             return text_answer(start_response, "405 Method Not Allowed", "Method not allowed\n", [_ALLOW, *answer_cors])
+        keys = self.publisher.grip_keys
+        proxied = bool(keys) and verify_grip_sig(environ.get("HTTP_GRIP_SIG"), keys)
+        if "HTTP_GRIP_LAST" in environ:  # a proxy asks what followed the last event it delivered
+            return self._recover(environ, start_response, target, proxied)
         try:
             query = query_params(environ.get("QUERY_STRING", ""))
             channels = self._channels(target, query)
@@ -142,6 +159,8 @@ class SSEMiddleware:
         if method == "HEAD":
             start_response("200 OK", headers)
             return []
+        if proxied:
+            return self._hold(environ, start_response, target, channels, query, headers)
         if self.publisher.draining:
             start_response("200 OK", headers)
             return [Event(retry=random.randint(*_DRAIN_RETRY_MS)).encode()]
@@ -177,6 +196,81 @@ class SSEMiddleware:
             return [Event(retry=random.randint(*_UNAVAILABLE_RETRY_MS)).encode()]
         start_response("200 OK", headers)
         return subscription
+
+    def _hold(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        target: tuple[str, str | None],
+        channels: tuple[str, ...],
+        query: list[tuple[str, str]],
+        headers: list[tuple[str, str]],
+    ) -> Iterable[bytes]:
+        """Let the GRIP proxy hold this stream: answer at once with its start and what to follow."""
+        resume_after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query)
+        try:
+            hold = self.publisher.hold(channels, resume_after)
+        except BrokerUnavailable as error:  # not held: the body ends, and the browser comes back
+            logger.warning("stream not held for now: %s", error)
+            start_response("200 OK", headers)
+            return [Event(retry=random.randint(*_UNAVAILABLE_RETRY_MS)).encode()]
+        start_response("200 OK", headers + self._grip_headers(environ, target, channels, hold.id))
+        return [self._opening.encode(), *self._held_body(hold.replay, resume_after)]
+
+    def _recover(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        target: tuple[str, str | None],
+        proxied: bool,
+    ) -> Iterable[bytes]:
+        """Answer a proxy's recovery request: what followed the last id it delivered, and the hold again.
+
+        Trusted on the proxy's signature and the link this app signed, never on
+        ``authorize``: the proxy sends no cookies with it.
+        """
+        try:
+            query = query_params(environ.get("QUERY_STRING", ""))
+            channels = self._channels(target, query)
+        except BadRequest:
+            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
+        signature = dict(query).get("grip_link", "")
+        expected = link_signature(self.publisher.grip_keys, channels) if proxied else ""
+        last = parse_grip_last(environ["HTTP_GRIP_LAST"]).get(held_channel(channels))
+        if not proxied or not hmac.compare_digest(signature, expected) or last is None:
+            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
+        try:
+            hold = self.publisher.hold(channels, last)
+        except (BrokerUnavailable, PublisherClosed) as error:  # an answer without Grip-Hold ends the stream
+            logger.warning("cannot recover a held stream now: %s", error)
+            start_response("200 OK", list(STREAM_HEADERS))
+            return []
+        start_response("200 OK", STREAM_HEADERS + self._grip_headers(environ, target, channels, hold.id))
+        return self._held_body(hold.replay, last, unknown_is_lost=True)
+
+    def _held_body(self, replay: Replay | None, after: str | None, *, unknown_is_lost: bool = False) -> list[bytes]:
+        """The replay after *after* as chunks, the loss event first where it applies."""
+        if replay is None:
+            return [history_lost_chunk(after, None)] if unknown_is_lost else []
+        chunks = [history_lost_chunk(after, replay.oldest_id)] if replay.lost else []
+        chunks.extend(record.encode_with_id(wire_id) for record, wire_id in replay.items)
+        return chunks
+
+    def _grip_headers(
+        self, environ: WSGIEnvironment, target: tuple[str, str | None], channels: tuple[str, ...], held_id: str
+    ) -> list[tuple[str, str]]:
+        """``Grip-Hold`` and its companions: the channel at *held_id*, the signed recovery link, the keep-alive."""
+        params = [("channel", name) for name in channels]
+        params.append(("grip_link", link_signature(self.publisher.grip_keys, channels)))
+        link = quote(environ.get("SCRIPT_NAME", "") + target[0]) + "?" + urlencode(params)
+        headers = [
+            ("Grip-Hold", "stream"),
+            ("Grip-Channel", grip_channel_header(held_channel(channels), held_id)),
+            ("Grip-Link", f"<{link}>; rel=next; timeout={_RECOVERY_EVERY}"),
+        ]
+        if self.heartbeat is not None:
+            headers.append(("Grip-Keep-Alive", keep_alive_header(self.heartbeat)))
+        return headers
 
     def _match(self, path_info: str) -> tuple[str, str | None] | None:
         """``(prefix, None)`` for the query form, ``(prefix, raw name)`` for ``{path}/{name}``."""

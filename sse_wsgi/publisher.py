@@ -9,15 +9,17 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from ._grip_publish import ProxySenders
 from ._process import ProcessLock, fork_generation
 from ._ticker import Ticker
 from ._validate import check_count, check_seconds
-from .broker import Broker, Cursor, Message, Record
+from .broker import Broker, Cursor, Hold, Message, Record
 from .errors import BrokerUnavailable, PublisherClosed
 from .event import Event, Serializer, json_serializer
+from .grip import parse_grip
 from .memory import MemoryBroker
 
 __all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription", "drain_all"]
@@ -42,6 +44,7 @@ DEFAULT_QUEUE_SIZE = 1000
 MAX_CHUNK_BYTES = 64 * 1024
 
 _BROKER_METHODS = ("start", "watch", "unwatch", "cursor", "publish", "replay", "stats", "close")
+_GRIP_METHODS = ("publish_for_proxies", "hold")
 
 # The open publishers of this process, so that a shutdown hook can end every stream.
 _open_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
@@ -110,6 +113,12 @@ class Publisher:
         history. A larger size is honoured with a warning.
     :param serializer: turns non-``str`` data into text; compact JSON by
         default.
+    :param grip: a GRIP URL (``"http://127.0.0.1:5561?key=SECRET"``: the
+        proxy's control endpoint and its signing key, Pushpin's
+        ``sig_key``; ``key=base64:...`` for a binary key), or a list of them:
+        every ``publish`` also reaches each proxy, and
+        :class:`~sse_wsgi.SSEMiddleware` lets a proxy hold the streams it
+        forwards. A URL without a key raises ``ValueError``.
 
     A publisher is thread-safe and cooperative under gevent and eventlet
     monkey-patching.
@@ -123,7 +132,9 @@ class Publisher:
         history_total: int = 100_000,
         queue_size: int | None = None,
         serializer: Serializer | None = None,
+        grip: str | Sequence[str] | None = None,
     ) -> None:
+        proxies = parse_grip(grip)
         if queue_size is not None:
             check_count("queue_size", queue_size)
         if serializer is not None and not callable(serializer):
@@ -132,7 +143,10 @@ class Publisher:
             raise TypeError(f"broker must implement sse_wsgi.broker.Broker ({', '.join(_BROKER_METHODS)}): {broker!r}")
         if broker is not None and not isinstance(getattr(broker, "history", None), int):
             raise TypeError(f"broker must have an int history (events kept per channel): {broker!r}")
+        if proxies and broker is not None and not all(callable(getattr(broker, n, None)) for n in _GRIP_METHODS):
+            raise TypeError(f"grip needs a broker that implements {', '.join(_GRIP_METHODS)}: {broker!r}")
         self._broker: Broker = MemoryBroker(history, history_total=history_total) if broker is None else broker
+        self._proxies = ProxySenders(proxies) if proxies else None
         self._serializer: Serializer = serializer or json_serializer
         #: Events queued for one subscriber at most; one more cuts it off.
         self.queue_limit = _queue_limit(queue_size, self._broker.history)
@@ -170,6 +184,11 @@ class Publisher:
 
         ttl = DEFAULT_TTL if history_ttl is None else history_ttl
         return cls(RedisBroker.from_url(url, history=history, ttl=ttl, key=key), **kwargs)
+
+    @property
+    def grip_keys(self) -> list[bytes]:
+        """The signing keys of the GRIP proxies this publisher feeds (empty without ``grip``)."""
+        return [] if self._proxies is None else list(self._proxies.keys)
 
     @property
     def broker(self) -> Broker:
@@ -353,9 +372,10 @@ class Publisher:
         if self._closed:
             raise PublisherClosed("this Publisher is closed: create a new one to publish")
         if callable(data):
-            if self._broker.cross_process:
+            if self._broker.cross_process or self._proxies is not None:
+                where = "to a GRIP proxy (it sends one payload to all)" if self._proxies else "with this broker"
                 raise TypeError(
-                    "callable data cannot cross processes with this broker: publish the data itself, "
+                    f"callable data cannot cross processes {where}: publish the data itself, "
                     "to a per-subscriber channel (e.g. channel=f'user:{user_id}') when it differs"
                 )
             payload = data
@@ -368,7 +388,20 @@ class Publisher:
                 raise TypeError(f"data must be a str or a value the serializer accepts: {error}") from error
             if not isinstance(payload, str):
                 raise TypeError(f"the serializer must return a str, not {type(payload).__name__}")
-        return self._broker.publish(Message(channels, payload, event, id, retry))
+        message = Message(channels, payload, event, id, retry)
+        if self._proxies is None:
+            return self._broker.publish(message)
+        event_id, items = self._broker.publish_for_proxies(message)
+        self._proxies.send(items)
+        return event_id
+
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
+        """What a stream held by a GRIP proxy starts with (see :meth:`~sse_wsgi.broker.Broker.hold`)."""
+        if self._closed:
+            raise PublisherClosed("this Publisher is closed")
+        if self._proxies is None:
+            raise RuntimeError("this Publisher feeds no GRIP proxy: give it grip=")
+        return self._broker.hold(channels, last_event_id)
 
     def _deliver(self, record: Record) -> None:
         """Queue *record* for every local subscriber of its stream (the broker's callback)."""
@@ -463,6 +496,8 @@ class Publisher:
             "draining": self._draining,
         }
         figures.update(self._broker.stats())
+        if self._proxies is not None:
+            figures["grip"] = self._proxies.stats()
         return figures
 
     def drain(self) -> None:
@@ -504,6 +539,8 @@ class Publisher:
         for subscription in self._take_all():
             subscription._end()
         self._ticker.close()
+        if self._proxies is not None:
+            self._proxies.close()
         self._broker.close()
 
     def __enter__(self) -> Publisher:

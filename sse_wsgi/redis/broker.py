@@ -10,9 +10,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._process import fork_generation
 from .._validate import check_count, check_seconds
-from ..broker import Deliver, Lost, Message, Replay
+from ..broker import HELD_SET_TTL, Deliver, Hold, Lost, Message, ProxyItem, Record, Replay
 from ..errors import BrokerUnavailable
-from .history import REDIS_DOWN, UNKNOWN, History
+from .history import REDIS_DOWN, UNKNOWN, History, Written
 from .keys import check_prefix
 from .positions import ChannelCursor, Position, ids_of, parse_id, token, wire_id
 from .receiver import Receiver
@@ -145,14 +145,72 @@ class RedisBroker:
         master is unreachable, this raises, and the event may have reached
         the channels written before.
         """
+        return self._event_id(message, self._write(message, held_sets=False))
+
+    def _write(self, message: Message, *, held_sets: bool) -> dict[str, Written]:
         try:
-            positions = self._history.publish(message)
+            written = self._history.publish(message, held_sets=held_sets)
         except REDIS_DOWN as error:
             raise BrokerUnavailable(f"event not published: Redis at {self._url} is unreachable ({error})") from error
+        return dict(zip(message.channels, written, strict=True))
+
+    @staticmethod
+    def _event_id(message: Message, written: dict[str, Written]) -> str:
+        """The caller's id, or the event's position on each of its channels."""
         if message.id is not None:
             return message.id
-        by_channel = dict(zip(message.channels, positions, strict=True))
-        return wire_id([by_channel[c] for c in ids_of(message.channels)])
+        return wire_id([written[c].position for c in ids_of(message.channels)])
+
+    def publish_for_proxies(self, message: Message) -> tuple[str, list[ProxyItem]]:
+        """Publish *message*; one proxy item per channel, and one per held set of several channels it reaches.
+
+        A channel's item chains from the id of the channel's event before,
+        which the same script call read. A set's ids name its position on
+        each of its channels: those the event was published to come from
+        the same script calls, the others from a read just after (a publish
+        in between makes the proxy ask for what it missed, never skip it).
+        """
+        written = self._write(message, held_sets=True)
+        items = []
+        for channel, took in written.items():
+            record = Record.from_message(took.position, message.id or took.position.token, message, channel)
+            items.append(ProxyItem((channel,), record.id, took.prev_id, record))
+        primaries: dict[tuple[str, ...], str] = {}  # each set gets the event once, from its first channel
+        for channel, took in written.items():
+            for names in took.held:
+                primaries.setdefault(names, channel)
+        others = sorted({name for names in primaries for name in names if name not in written})
+        try:
+            read = self._history.read([(name, None) for name in others], entries=False)
+            heads = {name: catchup.head for name, catchup in zip(others, read, strict=True)}
+        except REDIS_DOWN as error:
+            logger.warning("cannot read the heads of held sets (%s): the proxy will ask for what it missed", error)
+            heads = {}
+        for names, primary in primaries.items():
+            before = [written[n].prev if n in written else heads.get(n) for n in names]
+            after = [written[n].position if n in written else heads.get(n) for n in names]
+            set_id = message.id or wire_id(after)
+            record = Record.from_message(written[primary].position, set_id, message, primary)
+            items.append(ProxyItem(names, set_id, wire_id(before), record))
+        return self._event_id(message, written), items
+
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
+        """Register a held set of several *channels*; the replay after *last_event_id* and the set's id (one read)."""
+        names = ids_of(list(dict.fromkeys(channels)))
+        try:
+            if len(names) > 1:
+                self._history.hold(names, HELD_SET_TTL)
+            replay = None if last_event_id is None else self._replay(names, last_event_id)
+            if replay is None:
+                heads = self._history.read([(name, None) for name in names], entries=False)
+                set_id = heads[0].head_id if len(names) == 1 else wire_id([c.head for c in heads])
+                return Hold(None, set_id)
+        except REDIS_DOWN as error:
+            raise BrokerUnavailable(f"history unavailable: Redis at {self._url} is unreachable ({error})") from error
+        answer, cursor = replay
+        if len(names) == 1 and answer.items:
+            return Hold(answer, answer.items[-1][1])
+        return Hold(answer, cursor.wire_id())
 
     def replay(self, channels: Sequence[str], last_event_id: str) -> Replay | None:
         """The events on *channels* after *last_event_id*, each once; ``None`` for an id that names nothing.
@@ -161,16 +219,19 @@ class RedisBroker:
         one pipeline; a caller's own id costs one index lookup per channel
         first. The channels' events are merged in the order Redis wrote them.
         """
-        ordered = ids_of(channels)
-        positions: list[Position | None] | None = parse_id(last_event_id, len(ordered))
         try:
-            if positions is None:
-                positions = self._history.find(ordered, last_event_id)
-                if all(p is UNKNOWN for p in positions):
-                    return None
-            catchups = self._history.read(list(zip(ordered, positions, strict=True)), rewind=True)
+            replay = self._replay(ids_of(channels), last_event_id)
         except REDIS_DOWN as error:
             raise BrokerUnavailable(f"history unavailable: Redis at {self._url} is unreachable ({error})") from error
+        return None if replay is None else replay[0]
+
+    def _replay(self, ordered: tuple[str, ...], last_event_id: str) -> tuple[Replay, ChannelCursor] | None:
+        positions: list[Position | None] | None = parse_id(last_event_id, len(ordered))
+        if positions is None:
+            positions = self._history.find(ordered, last_event_id)
+            if all(p is UNKNOWN for p in positions):
+                return None
+        catchups = self._history.read(list(zip(ordered, positions, strict=True)), rewind=True)
         cursor = ChannelCursor(ordered, [None if c.lost else p for p, c in zip(positions, catchups, strict=True)])
         items = []
         for _, record in heapq.merge(*(c.records for c in catchups), key=lambda pair: pair[0]):
@@ -179,7 +240,7 @@ class RedisBroker:
                 items.append((record, sent_as))
         cursor.advance({channel: c.head for channel, c in zip(ordered, catchups, strict=True)})
         lost = any(c.lost for c in catchups)
-        return Replay(items, cursor, lost=lost, oldest_id=items[0][0].id if items else None)
+        return Replay(items, cursor, lost=lost, oldest_id=items[0][0].id if items else None), cursor
 
     def stats(self) -> dict[str, Any]:
         """Connection figures of this process's receiver, per node, and the last id seen per watched channel."""

@@ -21,10 +21,10 @@ import redis.cluster
 from ..broker import Message, Record
 from ..memory import new_epoch
 from .keys import ChannelKeys, channel_keys
-from .positions import Position
-from .scripts import PUBLISH, READ
+from .positions import NO_POSITION, Position, parse_token
+from .scripts import HOLD, PUBLISH, READ
 
-__all__ = ["REDIS_DOWN", "UNKNOWN", "Catchup", "CommandClient", "History", "parse_live"]
+__all__ = ["REDIS_DOWN", "UNKNOWN", "Catchup", "CommandClient", "History", "Written", "parse_live"]
 
 CommandClient = redis.Redis | redis.cluster.RedisCluster
 
@@ -45,6 +45,22 @@ UNKNOWN = Position("", 0, 0)
 
 
 @dataclass(frozen=True)
+class Written:
+    """An event as one channel took it.
+
+    :param position: its position there.
+    :param prev_id: the id of the channel's event before it (``0``: none), as its subscribers got it.
+    :param prev: that event's position (``None``: none).
+    :param held: the sets of several channels held by GRIP proxies on this channel.
+    """
+
+    position: Position
+    prev_id: str
+    prev: Position | None
+    held: list[tuple[str, ...]]
+
+
+@dataclass(frozen=True)
 class Catchup:
     """What a channel's history holds after a position.
 
@@ -52,11 +68,13 @@ class Catchup:
     :param lost: True when events after the position are gone (trimmed,
         expired, or a new epoch or a failover replaced them).
     :param head: the channel's last position when read (``None``: no event).
+    :param head_id: the id of that event as its subscribers got it (``0``: no event).
     """
 
     records: list[tuple[int, Record]]
     lost: bool
     head: Position | None
+    head_id: str = NO_POSITION
 
 
 def _payload(message: Message) -> str:
@@ -92,18 +110,33 @@ class History:
         """The Redis names of *channel*."""
         return channel_keys(self.prefix, channel)
 
-    def publish(self, message: Message) -> list[Position]:
-        """Add *message* to each of its channels in turn; its position in each."""
+    def publish(self, message: Message, *, held_sets: bool = False) -> list[Written]:
+        """Add *message* to each of its channels in turn; what it became in each.
+
+        With *held_sets*, each answer also lists the sets of several
+        channels that GRIP proxies hold on that channel.
+        """
         payload = _payload(message)
-        positions = []
+        written = []
         for channel in message.channels:
             keys = self.keys(channel)
             tag = secrets.randbelow(TAGS)
             args: list[str | int] = [self.history, self._ttl_ms, new_epoch(), tag, payload, message.id or ""]
-            args += [self._publish_command, keys.live, channel]
-            epoch, n = self._publish_script(keys=[keys.meta, keys.stream, keys.ids], args=args)
-            positions.append(Position(str(epoch), int(n), tag))
-        return positions
+            args += [self._publish_command, keys.live, channel, "1" if held_sets else "0"]
+            epoch, n, prev_id, prev_token, *held = self._publish_script(
+                keys=[keys.meta, keys.stream, keys.ids, keys.held], args=args
+            )
+            sets = [tuple(json.loads(names)) for names in held]
+            written.append(Written(Position(str(epoch), int(n), tag), str(prev_id), parse_token(str(prev_token)), sets))
+        return written
+
+    def hold(self, channels: Sequence[str], ttl: float) -> None:
+        """Register the set *channels* (several) as held by a GRIP proxy on each of them, for *ttl* seconds."""
+        names = json.dumps(list(channels), separators=(",", ":"))
+        pipe = self.client.pipeline(transaction=False)
+        for channel in channels:
+            pipe.execute_command("EVAL", HOLD, 1, self.keys(channel).held, names, max(1, round(ttl * 1000)))
+        pipe.execute()
 
     def head(self, channel: str) -> Position | None:
         """The position of *channel*'s last event; ``None`` when it has none."""
@@ -150,7 +183,7 @@ class History:
             catchups.append(catchup)
         if again:
             for index, redone in zip(again, self.read([(after[i][0], None) for i in again]), strict=True):
-                catchups[index] = Catchup(redone.records, True, redone.head)
+                catchups[index] = Catchup(redone.records, True, redone.head, redone.head_id)
         return catchups  # type: ignore[return-value]
 
     def _catchup(
@@ -158,20 +191,23 @@ class History:
     ) -> Catchup | None:
         if not epoch:  # no such channel (never published, expired, or lost)
             return Catchup([], after is not None and after is not UNKNOWN, None)
-        head = self._position(epoch, last[0][0]) if last else None
+        head, head_id = None, NO_POSITION
+        if last:
+            _, record = self._entry(channel, epoch, last[0])
+            head, head_id = record.seq, record.id
         if after is UNKNOWN:  # what this client has of the channel is unknown: resend nothing, say so
-            return Catchup([], head is not None, head)
+            return Catchup([], head is not None, head, head_id)
         if after is not None and after.epoch != epoch:
             return None
         records = [self._entry(channel, epoch, entry) for entry in kept]
         if after is None:
-            return Catchup(records, bool(records) and records[0][1].seq.n > 1, head)
+            return Catchup(records, bool(records) and records[0][1].seq.n > 1, head, head_id)
         if not records:  # the channel went back before *after*: a failover or a restart lost events
-            return None if rewind and head is not None else Catchup([], True, head)
+            return None if rewind and head is not None else Catchup([], True, head, head_id)
         first: Position = records[0][1].seq
         if first.n == after.n and (first.tag == after.tag or after.tag == -1):
-            return Catchup(records[1:], False, head)
-        return Catchup(records, first.n != after.n + 1, head)
+            return Catchup(records[1:], False, head, head_id)
+        return Catchup(records, first.n != after.n + 1, head, head_id)
 
     @staticmethod
     def _position(epoch: str, entry_id: str) -> Position:

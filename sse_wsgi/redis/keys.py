@@ -19,10 +19,11 @@ __all__ = ["ChannelKeys", "channel_keys", "check_prefix"]
 class ChannelKeys(NamedTuple):
     """The names of one channel under one key prefix."""
 
-    meta: str  # hash: e (epoch), n (last number), c (the channel's name)
+    meta: str  # hash: e (epoch), n (last number), l and p (the last event's id and token), c (the name)
     stream: str  # stream: one entry per event, id <n>-<tag>, fields p (payload) and t (microseconds)
     ids: str  # sorted set: the caller's own ids, scored by their number
     live: str  # pub/sub channel: "<token> <payload>" per event
+    held: str  # sorted set: the sets of several channels held by GRIP proxies that include it, by expiry
 
 
 def check_prefix(prefix: object) -> str:
@@ -38,4 +39,4 @@ def channel_keys(prefix: str, channel: str) -> ChannelKeys:
     """The names of *channel* under *prefix*."""
     tag = hashlib.blake2b(f"{prefix}\0{channel}".encode(), digest_size=8).hexdigest()
     base = f"{prefix}:{{{tag}}}"
-    return ChannelKeys(f"{base}:m", f"{base}:h", f"{base}:i", f"{base}:live")
+    return ChannelKeys(f"{base}:m", f"{base}:h", f"{base}:i", f"{base}:live", f"{base}:g")
