@@ -385,7 +385,8 @@ class RedisModel(PublisherModel):
         while time.monotonic() < deadline:
             stats = self.publisher.stats()
             seen = stats["last_seen_ids"]
-            if all(token == "0" or int(token.split("-")[1]) >= published[c] for c, token in seen.items()):
+            counts = {c: 0 if token == "0" else int(token.split("-")[1]) for c, token in seen.items()}
+            if all(count >= published[c] for c, count in counts.items()):
                 return
             time.sleep(0.005)
         raise AssertionError(f"the receiver did not catch up with {published}: {stats}")
