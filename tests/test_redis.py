@@ -458,3 +458,28 @@ def test_a_stream_redis_cannot_set_up_now_gets_a_retry_hint_and_leaves_nothing(
     publisher.publish("hello", "a-new-channel")
     assert [e.data for e in live.wait_for(1)] == ["hello"]
     publisher.close()
+
+
+def test_grip_items_on_redis_chain_per_channel_and_reach_a_held_set_once(redis_server: RedisServer) -> None:  # noqa: F811
+    from sse_wsgi.broker import Message
+
+    with Publisher.from_url(redis_server.url, grip="http://127.0.0.1:9?key=k") as publisher:
+        broker = publisher.broker
+        held = publisher.hold(["b", "a"], None)
+        assert (held.replay, held.id) == (None, "0_0")  # placeholders: no event yet on either
+        first, items = broker.publish_for_proxies(Message(("a",), "1"))
+        assert [(i.channels, i.id, i.prev_id) for i in items] == [
+            (("a",), first, "0"),
+            (("a", "b"), f"{first}_0", "0_0"),
+        ]
+        second, items = broker.publish_for_proxies(Message(("b", "a"), "2"))
+        token_a, token_b = second.split("_")
+        assert [(i.channels, i.id, i.prev_id) for i in items] == [
+            (("b",), token_b, "0"), (("a",), token_a, first), (("a", "b"), second, f"{first}_0"),
+        ]  # fmt: skip
+        assert items[2].record.stream == "b"  # the set takes it from its first channel in the event's order
+        resumed = publisher.hold(["a", "b"], f"{first}_0")
+        assert resumed.replay is not None and [r.data for r in resumed.replay.records] == ["2"]  # once
+        assert resumed.id == second
+        single = publisher.hold(["a"], None)
+        assert (single.replay, single.id) == (None, token_a)
