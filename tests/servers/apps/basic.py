@@ -5,7 +5,9 @@ answers the event id; ``GET /stats`` answers ``publisher.stats()`` as JSON.
 Settings come from the environment: ``SSE_HEARTBEAT`` (seconds),
 ``SSE_MAX_LIFETIME`` (seconds), ``SSE_MAX_SUBSCRIBERS``, ``SSE_QUEUE_SIZE``, ``SSE_HISTORY`` (events
 kept), ``SSE_CORS_ORIGINS`` (``*`` or origins separated by spaces), ``SSE_REDIS_URL`` (use the Redis
-broker). ``POST /close`` closes the publisher. ``GET /pid`` answers the worker's process id.
+broker), ``SSE_GRIP`` (a GRIP URL: feed that proxy and let it hold streams). A channel whose name
+starts with ``forbidden`` is refused by ``authorize``. ``POST /close`` closes the publisher. ``GET /pid``
+answers the worker's process id.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def _publisher() -> Publisher:
     for name in ("queue_size", "history"):
         if os.environ.get(f"SSE_{name.upper()}"):
             sizes[name] = int(os.environ[f"SSE_{name.upper()}"])
-    return Publisher.from_url(url, **sizes) if url else Publisher(**sizes)
+    grip = os.environ.get("SSE_GRIP") or None
+    return Publisher.from_url(url, grip=grip, **sizes) if url else Publisher(grip=grip, **sizes)
 
 
 def _cors_origins() -> str | list[str]:
@@ -61,9 +64,14 @@ def _seconds(name: str, default: float | None) -> float | None:
     return float(value) if value else default
 
 
+def _authorize(environ, channels) -> bool:
+    return not any(name.startswith("forbidden") for name in channels)
+
+
 app = SSEMiddleware(
     inner_app,
     _publisher(),
+    authorize=_authorize,
     heartbeat=_seconds("SSE_HEARTBEAT", 15.0),
     max_lifetime=_seconds("SSE_MAX_LIFETIME", None),
     cors_origins=_cors_origins(),
