@@ -483,3 +483,16 @@ def test_grip_items_on_redis_chain_per_channel_and_reach_a_held_set_once(redis_s
         assert resumed.id == second
         single = publisher.hold(["a"], None)
         assert (single.replay, single.id) == (None, token_a)
+
+
+def test_a_resume_from_a_caller_id_gives_ids_that_resume_again(publishers: list[Publisher]) -> None:
+    """The id a stream resumed from a caller's own id gives out next names exact positions on every channel."""
+    here, there = publishers
+    there.publish("mine", ["a", "b"], id="my-own-id")
+    first = Reader(here.subscribe(["a", "b"], last_event_id="my-own-id", heartbeat=None))
+    there.publish("next", "b")
+    [event] = first.wait_for(1)
+    assert event.data == "next"
+    there.publish("missed", "b")
+    resumed = Reader(here.subscribe(["a", "b"], last_event_id=event.last_event_id, heartbeat=None))
+    assert [e.data for e in resumed.wait_for(1)] == ["missed"]
