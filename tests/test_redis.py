@@ -494,5 +494,6 @@ def test_a_resume_from_a_caller_id_gives_ids_that_resume_again(publishers: list[
     [event] = first.wait_for(1)
     assert event.data == "next"
     there.publish("missed", "b")
+    first.wait_for(2)  # "missed" has reached this process: only a replay can give it to a new stream
     resumed = Reader(here.subscribe(["a", "b"], last_event_id=event.last_event_id, heartbeat=None))
     assert [e.data for e in resumed.wait_for(1)] == ["missed"]
