@@ -394,6 +394,7 @@ class RedisModel(PublisherModel):
 
 @pytest.mark.integration
 @pytest.mark.redis
+@pytest.mark.timeout(600)  # a few hundred round trips to a real Redis per example
 def test_redis_model(model_redis: RedisServer) -> None:
     RedisModel.url = model_redis.url
     run_state_machine_as_test(
@@ -407,6 +408,7 @@ class RedisClusterModel(RedisModel):
 
 @pytest.mark.integration
 @pytest.mark.redis
+@pytest.mark.timeout(600)
 def test_redis_cluster_model(module_redis_cluster: LocalCluster) -> None:  # noqa: F811
     RedisClusterModel.url = module_redis_cluster.url
     run_state_machine_as_test(
