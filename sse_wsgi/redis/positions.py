@@ -93,25 +93,30 @@ class ChannelCursor:
     stream (same epoch) was already sent.
     """
 
-    __slots__ = ("channels", "positions")
+    __slots__ = ("_single", "channels", "positions")
 
     def __init__(self, channels: Sequence[str], positions: Sequence[Position | None]) -> None:
         self.channels = ids_of(channels)
         self.positions: dict[str, Position | None] = dict(zip(self.channels, positions, strict=True))
+        self._single = len(self.channels) == 1
 
     def admit(self, record: Record) -> str | None:
         """Move past *record*; the id to send it with, or ``None`` when it is a copy or was sent."""
-        stream = record.stream
+        stream: str = record.stream  # type: ignore[assignment]
         position: Position = record.seq
-        known = self.positions.get(stream)  # type: ignore[arg-type]
-        if known is not None and known.epoch == position.epoch and position.n <= known.n:
+        known = self.positions[stream]
+        if known is not None and position.n <= known.n and known.epoch == position.epoch:
             return None
-        self.positions[stream] = position  # type: ignore[index]
-        if next(c for c in record.channels if c in self.positions) != stream:
+        self.positions[stream] = position
+        if self._single or record.custom:  # one channel: the record's own id (its token, or the caller's id)
+            return record.id if self._single or self._primary(record) == stream else None
+        if self._primary(record) != stream:
             return None
-        if record.custom:
-            return record.id
         return self.wire_id()
+
+    def _primary(self, record: Record) -> str:
+        """The stream this subscriber takes *record* from: the first of its channels in the event's order."""
+        return next(c for c in record.channels if c in self.positions)
 
     def reset(self, stream: str | None) -> None:
         """Events of *stream* (``None``: all) were lost: take what comes next there."""
