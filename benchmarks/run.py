@@ -4,6 +4,7 @@ python -m benchmarks --all                 # the full run, each load three times
 python -m benchmarks --smoke               # a tiny run that checks the harness (about 20 s)
 python -m benchmarks --targets sse_wsgi-gevent limit-asyncio --scenarios fanout_1k
 python -m benchmarks --soak --minutes 5    # churn, slow consumers and memory over minutes (benchmarks/soak.py)
+python -m benchmarks --redis-layout        # the Redis broker's layout, old against new (benchmarks/redis_layout.py)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import psutil
 
 from .client import hold_idle, run_load
-from .targets import CLIENT_CPUS, SERVER_CPUS, TARGETS, RedisProcess, Server
+from .targets import CLIENT_CPUS, SERVER_CPUS, SINGLE_STREAM_TREE, TARGETS, RedisProcess, Server
 
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,8 +58,13 @@ SMOKE = {
     "idle_10k": [Load("idle_10k", 50, 0, None, idle=1.0, settle=0.0)],
 }
 SMOKE_TARGETS = ["sse_wsgi-gevent", "limit-asyncio"]
-# The Redis comparisons (one and two workers) are a fan-out question: run them there only.
-ONLY = {"sse_wsgi-redis-2w": {"fanout_1k"}, "sse_wsgi-redis-1w": {"fanout_1k"}}
+# The Redis comparisons (one and two workers, the one-stream broker before) are a fan-out question:
+# run them there only.
+ONLY = {
+    "sse_wsgi-redis-2w": {"fanout_1k"},
+    "sse_wsgi-redis-1w": {"fanout_1k"},
+    "sse_wsgi-redis-1w-single-stream": {"fanout_1k"},
+}
 
 
 def client_loop() -> str:
@@ -187,11 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each load; the median one is kept (default: 3)")
     parser.add_argument("--soak", action="store_true", help="the soak run alone (see benchmarks/soak.py)")
     parser.add_argument("--minutes", type=float, default=5.0, help="how long the soak runs (default: 5)")
+    parser.add_argument(
+        "--redis-layout", action="store_true", help="the Redis layout comparison alone (with --smoke: its quick run)"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.minutes <= 0:
         parser.error("--repeat takes a whole number of at least 1, --minutes a positive number")
     if args.soak:
         return soak_main(args.minutes, args.out)
+    if args.redis_layout:
+        from .redis_layout import main as redis_layout_main
+
+        return redis_layout_main(["--out", str(args.out), *(["--quick"] if args.smoke else [])])
     scenarios = SMOKE if args.smoke else SCENARIOS
     targets = args.targets or (SMOKE_TARGETS if args.smoke else list(TARGETS))
     chosen = args.scenarios or list(scenarios)
@@ -214,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if redis is not None:
             redis.stop()
+        SINGLE_STREAM_TREE.cleanup()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "smoke" if args.smoke else f"run-{datetime.date.today().isoformat()}"
     report = {"machine": machine(), "results": results}

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPUS = {0}
 CLIENT_CPUS = {1}
 START_TIMEOUT = 30.0  # seconds
+SINGLE_STREAM_COMMIT = "5e9e31a"  # the last commit whose Redis broker put every channel in one stream
 
 
 def pin_to_server_cpus() -> None:
@@ -69,6 +70,43 @@ def limit(port: int, streams: int) -> list[str]:
     return [sys.executable, "-m", "benchmarks.apps.limit_server", str(port)]
 
 
+class GitTree:
+    """``sse_wsgi`` and the benchmark apps as they were at *commit*, extracted once into a temporary directory.
+
+    The work tree is left alone (``git archive``, not ``git checkout``); :meth:`cleanup` removes the copy.
+    """
+
+    def __init__(self, commit: str) -> None:
+        self.commit = commit
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    def __call__(self) -> Path:
+        """The directory of the extracted tree (extracted on the first call)."""
+        if self._directory is None:
+            directory = tempfile.TemporaryDirectory(prefix=f"sse-bench-{self.commit}-")
+            try:
+                archive = subprocess.run(
+                    ["git", "-C", str(ROOT), "archive", self.commit, "sse_wsgi", "benchmarks/__init__.py",
+                     "benchmarks/apps"],
+                    check=True, capture_output=True, timeout=60,
+                )  # fmt: skip
+                subprocess.run(["tar", "-x", "-C", directory.name], input=archive.stdout, check=True, timeout=60)
+            except (OSError, subprocess.SubprocessError) as error:
+                directory.cleanup()
+                message = f"cannot extract commit {self.commit} (a full git clone is needed): {error}"
+                raise RuntimeError(message) from error
+            self._directory = directory
+        return Path(self._directory.name)
+
+    def cleanup(self) -> None:
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None
+
+
+SINGLE_STREAM_TREE = GitTree(SINGLE_STREAM_COMMIT)
+
+
 @dataclass(frozen=True)
 class Target:
     """A server under test: how to start it, and the most streams it can hold."""
@@ -78,6 +116,7 @@ class Target:
     max_streams: int  # thread-per-stream servers stop where threads do
     needs_redis: bool = False
     note: str = ""
+    tree: Callable[[], Path] | None = None  # where it runs and imports sse_wsgi from; None: this work tree
 
 
 TARGETS = {
@@ -95,6 +134,9 @@ TARGETS = {
                note="1 gevent worker on Redis"),
         Target("sse_wsgi-redis-2w", gunicorn("gevent", "benchmarks.apps.sse_wsgi_app:app", workers=2), 20_000,
                needs_redis=True, note="2 gevent workers sharing one Redis"),
+        Target("sse_wsgi-redis-1w-single-stream", gunicorn("gevent", "benchmarks.apps.sse_wsgi_app:app"), 20_000,
+               needs_redis=True, note=f"1 gevent worker on Redis, the one-stream broker of {SINGLE_STREAM_COMMIT}",
+               tree=SINGLE_STREAM_TREE),
     ]
 }  # fmt: skip
 
@@ -136,12 +178,13 @@ class Server:
 
     def __init__(self, target: Target, streams: int, redis_url: str | None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        tree = ROOT if target.tree is None else target.tree()
+        env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
         env.pop("PYTHONDEVMODE", None)
         if redis_url:
             env["BENCH_REDIS_URL"] = redis_url
         self.proc = subprocess.Popen(
-            target.command(self.port, streams), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            target.command(self.port, streams), cwd=tree, env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, preexec_fn=pin_to_server_cpus,
         )  # fmt: skip
         wait_for_port(self.port, self.proc)
