@@ -269,3 +269,41 @@ def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: Redi
     finally:
         proxy.close()
         first.stop()
+
+
+@pytest.mark.pushpin
+def test_two_pages_chat_through_pushpin_and_resume_after_a_pushpin_restart(browser, tmp_path: Path) -> None:
+    """gunicorn ``sync`` (one worker, one request at a time) serves the chat: it can, because Pushpin holds
+    the pages' streams and the worker answers each request at once."""
+    from tests.pushpin import Pushpin
+
+    pushpin = Pushpin(tmp_path / "pushpin", origin_port=0)
+    env = {"SSE_RETRY": "300", "SSE_GRIP": pushpin.grip_url}
+    with start_server("gunicorn-sync", "tests.servers.apps.demo_app:app", env=env) as app:
+        pushpin.origin_port = app.port
+        pushpin.start()
+        try:
+            alice, bob = open_chat(browser, pushpin.url), open_chat(browser, pushpin.url)
+            send_from_page(alice, "alice", "hi bob")
+            wait_for_messages(bob, 1)
+            send_from_page(bob, "bob", "hi alice")
+            for page in (alice, bob):
+                got = wait_for_messages(page, 2)
+                assert [(m["name"], m["text"]) for m in got] == [("alice", "hi bob"), ("bob", "hi alice")]
+            pushpin.stop()  # every held connection drops
+            for page in (alice, bob):
+                page.wait_for_selector("#status[data-state=reconnecting]", timeout=TIMEOUT_MS)
+            missed = post(app.url, "carol", "while the proxy was down")
+            pushpin.start()
+            for page in (alice, bob):
+                page.wait_for_selector("#status[data-state=open]", timeout=TIMEOUT_MS)
+            after = post(app.url, "carol", "after the restart")
+            for page in (alice, bob):
+                got = wait_for_messages(page, 4)
+                assert [m["text"] for m in got][2:] == ["while the proxy was down", "after the restart"]
+                assert [m["id"] for m in got][2:] == [missed, after]  # resumed by Last-Event-ID, once each
+            alice.screenshot(path=str(tmp_path / "through-pushpin.png"))
+            alice.close()
+            bob.close()
+        finally:
+            pushpin.stop()
