@@ -477,9 +477,10 @@ class Publisher:
         (records received from the broker: on Redis, once per watched
         channel an event was published to), ``events_delivered`` (queued to
         subscribers), ``slow_subscribers_cut``, ``streams_refused``,
-        ``closed``, plus the broker's figures (``broker``, ``history_size``,
-        ``first_id``, ``last_id``; for Redis also the connection state and
-        the last id seen).
+        ``closed``, plus the broker's figures (``broker``; in memory
+        ``history_size``, ``first_id``, ``last_id``; on Redis the connection
+        state per server or master and the last id seen per followed
+        channel), and with ``grip`` what each proxy took and refused.
         """
         with self._lock:
             per_channel = {name: len(subscribers) for name, subscribers in self._channels.items()}
