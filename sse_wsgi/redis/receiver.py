@@ -5,12 +5,16 @@ channel that has local subscribers (:meth:`Receiver.watch`), on the
 connection to the node that owns it, and unsubscribes when the last local
 subscriber leaves, so it receives only the events its subscribers want.
 
-Each connection (a :class:`_Link`) is read by a thread of its own that
-hands every reply to one bounded inbox; one dispatcher thread owns all the
-state and handles the inbox in order: subscription requests, confirmations,
-events, and connections going down. Per channel it keeps the position of
-the last event it delivered, and it delivers each channel's events in order
-with no gap and no duplicate:
+Each connection (a :class:`_Link`) is read by a thread of its own, which
+handles what it reads (confirmations, events, its own end) at once, under
+the receiver's lock; a dispatcher thread takes the subscribers' requests
+(watch, unwatch) from a bounded inbox and retries what waits for a
+connection, under the same lock. An event thus goes from the socket to the
+subscribers' queues in the thread that read it, with no hand-over (under
+gevent, a hand-over costs a turn of the hub behind every stream's write).
+Per channel the receiver keeps the position of the last event it
+delivered, and it delivers each channel's events in order with no gap and
+no duplicate:
 
 - a subscription, once Redis confirms it, starts at the channel's head (a
   new channel) or catches up from the history after the last position (a
@@ -30,7 +34,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -45,7 +49,7 @@ __all__ = ["Receiver"]
 
 logger = logging.getLogger(__name__)
 
-INBOX_SIZE = 10_000  # replies and requests waiting for the dispatcher; a full inbox holds the links back
+INBOX_SIZE = 10_000  # subscribers' requests waiting for the dispatcher
 POLL = 0.5  # seconds a thread waits at most before it looks at its stop flag
 WATCH_TIMEOUT = 5.0  # seconds a subscriber waits for Redis to confirm a new channel
 BACKOFF_START = 0.1  # seconds
@@ -72,13 +76,23 @@ class _Waiter:
 
 
 class _Link:
-    """One pub/sub connection to one node, read by a thread that hands every reply to the inbox."""
+    """One pub/sub connection to one node, read by a thread that hands each reply to *on_reply*.
 
-    def __init__(self, address: str, connection: redis.Connection, inbox: queue.Queue[tuple[Any, ...]]) -> None:
+    When the connection fails, the thread calls *on_down* and ends.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        connection: redis.Connection,
+        on_reply: Callable[[_Link, list[Any]], None],
+        on_down: Callable[[_Link, Exception], None],
+    ) -> None:
         self.address = address
         self.channels = 0  # channels subscribed here (for stats)
         self._connection = connection
-        self._inbox = inbox
+        self._on_reply = on_reply
+        self._on_down = on_down
         self._stop = threading.Event()
         connection.connect()
         self._thread = threading.Thread(target=self._read, name=f"sse-wsgi-redis-link-{address}", daemon=True)
@@ -89,26 +103,21 @@ class _Link:
         return not self._stop.is_set()
 
     def send(self, *command: str) -> None:
-        """Send a (un)subscribe command (from the dispatcher; the reply comes through the inbox)."""
+        """Send a (un)subscribe command, under the receiver's lock (the reply comes to *on_reply*)."""
         self._connection.send_command(*command)
 
     def _read(self) -> None:
         try:
             while not self._stop.is_set():
                 if self._connection.can_read(timeout=POLL):
-                    self._hand_over(("reply", self, self._connection.read_response()))
+                    reply = self._connection.read_response()
+                    if not self._stop.is_set():
+                        self._on_reply(self, reply)
         except _CONNECTION_DOWN as error:
-            self._hand_over(("down", self, error))
+            if not self._stop.is_set():
+                self._on_down(self, error)
         finally:
             self._connection.disconnect()
-
-    def _hand_over(self, item: tuple[Any, ...]) -> None:
-        while not self._stop.is_set():
-            try:
-                self._inbox.put(item, timeout=POLL)
-                return
-            except queue.Full:
-                continue
 
     def close(self, wait: float = 0) -> None:
         self._stop.set()
@@ -121,7 +130,7 @@ class Receiver:
 
     :param topology: where each channel lives.
     :param history: the channels' histories (to read what a gap or an outage missed).
-    :param deliver: called with each record, from the dispatcher thread.
+    :param deliver: called with each record, from the thread of the link that read it.
     :param lost: called with a channel whose events could not be recovered.
     """
 
@@ -133,7 +142,8 @@ class Receiver:
         commands = ("SSUBSCRIBE", "SUNSUBSCRIBE") if topology.sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
         self._subscribe_command, self._unsubscribe_command = commands
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(INBOX_SIZE)
-        # Owned by the dispatcher thread (other threads only read single entries):
+        self._lock = threading.Lock()  # made here, in the process (and after the monkey-patching) that uses it
+        # Changed under the lock only (other threads read single entries):
         self._watchers: dict[str, int] = {}  # channel -> local watch() calls not undone
         self._positions: dict[str, Position | None] = {}  # channel -> last delivered (None: nothing yet)
         self._homes: dict[str, _Link] = {}  # channel -> the link it is subscribed on
@@ -215,25 +225,28 @@ class Receiver:
             except queue.Empty:
                 item = None
             try:
-                if item is not None:
-                    self._handle(item)
-                if self._retry_at is not None and time.monotonic() >= self._retry_at:
-                    self._resubscribe_homeless()
+                with self._lock:
+                    if item is not None and item[0] == "watch":
+                        self._on_watch(item[1], item[2])
+                    elif item is not None and item[0] == "unwatch":
+                        self._on_unwatch(item[1])
+                    if self._retry_at is not None and time.monotonic() >= self._retry_at:
+                        self._resubscribe_homeless()
             except Exception:  # the dispatcher must survive any one item
                 logger.exception("the Redis receiver failed on %r", item[0] if item else "a retry")
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "reply":
-            link: _Link = item[1]
-            if self._links.get(link.address) is link:
-                self._on_reply(link, item[2])
-        elif kind == "watch":
-            self._on_watch(item[1], item[2])
-        elif kind == "unwatch":
-            self._on_unwatch(item[1])
-        elif kind == "down":
-            self._on_down(item[1], item[2])
+    def _link_read(self, link: _Link, reply: list[Any]) -> None:
+        """What a link read: handled in its thread, under the lock."""
+        try:
+            with self._lock:
+                if self._links.get(link.address) is link:
+                    self._on_reply(link, reply)
+        except Exception:  # the link must survive any one reply
+            logger.exception("the Redis receiver failed on a %r from %s", reply[0] if reply else reply, link.address)
+
+    def _link_down(self, link: _Link, error: Exception) -> None:
+        with self._lock:
+            self._on_down(link, error)
 
     def _on_watch(self, channels: tuple[str, ...], waiter: _Waiter) -> None:
         for channel in channels:
@@ -284,7 +297,8 @@ class Receiver:
     def _link_to(self, address: str) -> _Link:
         link = self._links.get(address)
         if link is None or not link.alive:
-            link = self._links[address] = _Link(address, self._topology.receiving_connection(address), self._inbox)
+            connection = self._topology.receiving_connection(address)
+            link = self._links[address] = _Link(address, connection, self._link_read, self._link_down)
         return link
 
     def _lose_home(self, channel: str, error: Exception) -> None:
@@ -357,7 +371,7 @@ class Receiver:
             link.channels -= 1
             self._lose_home(channel, error)
             return
-        except Exception as error:  # nobody waits for this channel in vain; the dispatcher logs it
+        except Exception as error:  # nobody waits for this channel in vain; the caller logs it
             for waiter in self._waiters.pop(channel, ()):
                 waiter.settle(channel, error)
             raise
