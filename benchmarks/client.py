@@ -61,6 +61,11 @@ class ResponseProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    @property
+    def cut(self) -> bool:
+        """Whether the connection is closed (by the server, when asked before :meth:`close`)."""
+        return self.transport is None or self.transport.is_closing()
+
 
 class Subscriber(ResponseProtocol):
     """One stream: parses the HTTP response and the events in its body."""
@@ -104,7 +109,10 @@ class Subscriber(ResponseProtocol):
 
 
 class Publisher:
-    """POSTs events on one keep-alive connection and waits for each answer."""
+    """POSTs events on one keep-alive connection and waits for each answer.
+
+    A server that answers ``Connection: close`` (gunicorn's sync worker) gets a new connection for the next one.
+    """
 
     def __init__(self, port: int, path: str = "/publish") -> None:
         self.port = port
@@ -119,25 +127,33 @@ class Publisher:
         await self.send(b"%d %.6f %s" % (seq, time.monotonic(), padding))
 
     async def send(self, body: bytes) -> None:
+        if self.writer is None:
+            await self.connect()
         assert self.reader is not None and self.writer is not None
         self.writer.write(
             b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
             % (self.path.encode(), len(body), body)
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
-        length = 0
+        length, close = 0, False
         for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                close = True
         if length:
             await self.reader.readexactly(length)
+        if close:
+            await self.close()
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"publish answered {head.splitlines()[0]!r}")
 
     async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            await self.writer.wait_closed()
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            await writer.wait_closed()
 
 
 async def warm_up(port: int) -> None:
@@ -150,23 +166,38 @@ async def warm_up(port: int) -> None:
         await publisher.close()
 
 
-async def open_subscribers(port: int, path: str, count: int, delivery: Delivery) -> tuple[list[Subscriber], float]:
-    """Open *count* streams; return them and the seconds until all were live.
+async def open_subscribers(
+    port: int,
+    path: str,
+    count: int,
+    delivery: Delivery,
+    publish_port: int | None = None,
+    in_flight: int | None = None,
+) -> tuple[list[Subscriber], float]:
+    """Open *count* streams on *port*; return them and the seconds until all were live.
 
     A stream is live once body bytes arrive. Servers that send nothing before
     the first event (flask-sse on gunicorn: not even the headers) get a
-    warm-up event every half second until every stream is live.
+    warm-up event every half second until every stream is live (POSTed to
+    *publish_port*, by default *port*). *in_flight* bounds the stream requests
+    not yet live (``None``: only the connects are bounded); a server whose streams
+    send nothing before the first event cannot take it.
     """
     loop = asyncio.get_running_loop()
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    opening = asyncio.Semaphore(in_flight or count)
     started = time.monotonic()
 
     async def one(index: int) -> Subscriber:
-        async with gate:
-            _, subscriber = await loop.create_connection(
-                lambda: Subscriber(request, delivery, index), "127.0.0.1", port
-            )
+        async with opening:
+            async with gate:
+                _, subscriber = await loop.create_connection(
+                    lambda: Subscriber(request, delivery, index), "127.0.0.1", port
+                )
+            if in_flight:
+                remaining = max(0.0, started + LIVE_TIMEOUT - time.monotonic())
+                await asyncio.wait_for(asyncio.shield(subscriber.live), remaining)
             return subscriber
 
     subscribers = await asyncio.gather(*(one(i) for i in range(count)))
@@ -178,7 +209,7 @@ async def open_subscribers(port: int, path: str, count: int, delivery: Delivery)
         except asyncio.TimeoutError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not every stream was live after {LIVE_TIMEOUT} s") from None
-            await asyncio.wait_for(warm_up(port), PUBLISH_TIMEOUT)
+            await asyncio.wait_for(warm_up(publish_port or port), PUBLISH_TIMEOUT)
     failed = sum(1 for s in subscribers if not s.live.result())
     if failed:
         raise RuntimeError(f"{failed} of {count} streams did not open")
@@ -186,12 +217,21 @@ async def open_subscribers(port: int, path: str, count: int, delivery: Delivery)
 
 
 async def run_load(
-    port: int, stream_path: str, subscribers: int, events: int, rate: float | None, payload: int, drain: float
+    port: int,
+    stream_path: str,
+    subscribers: int,
+    events: int,
+    rate: float | None,
+    payload: int,
+    drain: float,
+    publish_port: int | None = None,
+    in_flight: int | None = None,
 ) -> dict[str, float | int]:
-    """Hold *subscribers* streams, publish *events* (at *rate* per second, or as fast as possible), measure."""
+    """Hold *subscribers* streams on *port* (*in_flight* opening at once at most, see :func:`open_subscribers`),
+    publish *events* to *publish_port* (by default *port*) at *rate* per second (or as fast as possible), measure."""
     delivery = Delivery(events, subscribers, [bytearray(events) for _ in range(subscribers)])
-    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery)
-    publisher = Publisher(port)
+    streams, connect_seconds = await open_subscribers(port, stream_path, subscribers, delivery, publish_port, in_flight)
+    publisher = Publisher(publish_port or port)
     await publisher.connect()
     padding = b"x" * max(0, payload - 24)
     delivery.first_publish = start = time.monotonic()
@@ -210,6 +250,7 @@ async def run_load(
     client_cpu = time.process_time() - client_cpu_before
     client_seconds = time.monotonic() - start
     await publisher.close()
+    cut = sum(1 for stream in streams if stream.cut)
     for stream in streams:
         stream.close()
     lost, duplicated = delivery.tally()
@@ -229,6 +270,7 @@ async def run_load(
         "expected_deliveries": expected,
         "lost": lost,
         "duplicated": duplicated,
+        "streams_cut": cut,
         "deliveries_per_second": round(len(delivery.latencies) / span),
         "latency_p50_ms": round(percentile(0.50), 1),
         "latency_p90_ms": round(percentile(0.90), 1),
@@ -238,7 +280,9 @@ async def run_load(
     }
 
 
-async def hold_idle(port: int, stream_path: str, subscribers: int) -> tuple[list[Subscriber], float]:
-    """Open *subscribers* streams and keep them; return them and the connect time."""
+async def hold_idle(
+    port: int, stream_path: str, subscribers: int, publish_port: int | None = None, in_flight: int | None = None
+) -> tuple[list[Subscriber], float]:
+    """Open *subscribers* streams on *port* and keep them; return them and the connect time."""
     delivery = Delivery(1, subscribers, [bytearray(1) for _ in range(subscribers)])
-    return await open_subscribers(port, stream_path, subscribers, delivery)
+    return await open_subscribers(port, stream_path, subscribers, delivery, publish_port, in_flight)

@@ -3,6 +3,8 @@
 python -m benchmarks --all                 # the full run, each load three times (about 20 minutes)
 python -m benchmarks --smoke               # a tiny run that checks the harness (about 20 s)
 python -m benchmarks --targets sse_wsgi-gevent limit-asyncio --scenarios fanout_1k
+python -m benchmarks --targets sse_wsgi-grip-sync sse_wsgi-gevent --scenarios fanout_1k idle_10k  # GRIP, Pushpin
+python -m benchmarks.grip_hold             # what one stream held by Pushpin costs the app, in process
 python -m benchmarks --soak --minutes 5    # churn, slow consumers and memory over minutes (benchmarks/soak.py)
 python -m benchmarks --redis-layout        # the Redis broker's layout, old against new (benchmarks/redis_layout.py)
 """
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 import psutil
 
 from .client import hold_idle, run_load
-from .targets import CLIENT_CPUS, SERVER_CPUS, SINGLE_STREAM_TREE, TARGETS, RedisProcess, Server
+from .targets import CLIENT_CPUS, SERVER_CPUS, SINGLE_STREAM_TREE, TARGETS, RedisProcess, Server, missing_pushpin
 
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,8 +87,40 @@ def run_client(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def raise_open_file_limit() -> None:
+    """Soft open-files limit up to the hard one: the servers (and Pushpin's condure) inherit it."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_file_limit_refuses(load: Load) -> str | None:
+    """Why the open-files limit cannot hold *load*'s streams, or ``None``.
+
+    The load client and the process that holds the streams (the app's worker, or Pushpin's
+    condure) each need a descriptor a stream, and a few hundred besides.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = load.subscribers + 200
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        return f"the open-files limit is {soft}; {load.subscribers} streams need {needed} (ulimit -n)"
+    return None
+
+
+def load_figures(
+    server: Server, rss: dict[str, int], cpu: dict[str, float], seconds: float, deliveries: int
+) -> dict[str, float]:
+    """RSS, CPU share of *seconds* and CPU microseconds per delivery: the server's, and each part's when it has
+    several (GRIP: ``app_``, ``pushpin_``).
+
+    The CPU share counts the whole run (opening the streams, and the drain's wait when deliveries are
+    missing), so it is lower for a run that waits; the CPU per delivery is not.
+    """
+    figures: dict[str, float] = {}
+    for prefix, parts in [("server_", server.parts), *((f"{p}_", (p,)) for p in server.parts if len(server.parts) > 1)]:
+        used = sum(cpu[part] for part in parts)
+        figures[f"{prefix}rss_mb"] = round(sum(rss[part] for part in parts) / 2**20, 1)
+        figures[f"{prefix}cpu_percent"] = round(100 * used / seconds, 1)
+        figures[f"{prefix}cpu_us_per_delivery"] = round(1e6 * used / max(1, deliveries), 2)
+    return figures
 
 
 def measure(target_name: str, load: Load, redis: RedisProcess | None) -> dict[str, Any]:
@@ -96,23 +130,33 @@ def measure(target_name: str, load: Load, redis: RedisProcess | None) -> dict[st
         return {**base, "skipped": f"{target.note}: at most {target.max_streams} streams"}
     if target.needs_redis and redis is None:
         return {**base, "skipped": "needs redis-server"}
+    if target.grip and missing_pushpin():
+        return {**base, "skipped": f"needs Pushpin (no {', '.join(missing_pushpin())})"}
+    refused = open_file_limit_refuses(load)
+    if refused:
+        return {**base, "skipped": refused}
     if redis is not None:
         redis.flush()
-    server = Server(target, load.subscribers, redis.url if target.needs_redis and redis else None)
+    server: Server | None = None
     try:
+        server = Server(target, load.subscribers, redis.url if target.needs_redis and redis else None)
         if load.events == 0:
-            return {**base, **idle(server, load)}
-        cpu_before, started = server.cpu_seconds(), time.monotonic()
+            return {**base, **idle(server, load, target.open_in_flight)}
+        cpu_before = {part: server.cpu_seconds(part) for part in server.parts}
+        started = time.monotonic()
         figures = run_client(
-            run_load(server.port, STREAM_PATH, load.subscribers, load.events, load.rate, load.payload, load.drain)
-        )
+            run_load(server.stream_port, STREAM_PATH, load.subscribers, load.events, load.rate, load.payload,
+                     load.drain, publish_port=server.publish_port, in_flight=target.open_in_flight)
+        )  # fmt: skip
         elapsed = time.monotonic() - started
-        return {**base, **figures, "server_rss_mb": round(server.rss() / 2**20, 1),
-                "server_cpu_percent": round(100 * (server.cpu_seconds() - cpu_before) / elapsed, 1)}  # fmt: skip
+        rss = {part: server.rss(part) for part in server.parts}
+        cpu = {part: server.cpu_seconds(part) - cpu_before[part] for part in server.parts}
+        return {**base, **figures, **load_figures(server, rss, cpu, elapsed, int(figures["deliveries"]))}
     except (RuntimeError, OSError, EOFError, asyncio.TimeoutError) as error:
         return {**base, "failed": f"{type(error).__name__}: {error}"}
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def median_of(runs: Iterable[dict[str, Any]], load: Load) -> dict[str, Any]:
@@ -134,30 +178,48 @@ def median_of(runs: Iterable[dict[str, Any]], load: Load) -> dict[str, Any]:
     measured.sort(key=lambda r: r[key])
     median = dict(measured[len(measured) // 2])
     if len(done) > 1:
-        shown = ("deliveries_per_second", "latency_p99_ms", "rss_per_stream_kb", "idle_cpu_percent", "failed")
+        shown = ("deliveries_per_second", "latency_p99_ms", "rss_per_stream_kb", "idle_cpu_percent", "streams_cut",
+                 "failed")  # fmt: skip
         median["runs"] = [{k: r[k] for k in shown if k in r} for r in done]
     return median
 
 
-def idle(server: Server, load: Load) -> dict[str, Any]:
-    rss_idle = server.rss()
+def idle(server: Server, load: Load, in_flight: int | None = None) -> dict[str, Any]:
+    """Hold *load*'s streams: RSS before and with them, and CPU over ``load.idle`` seconds.
+
+    A server of several parts (GRIP: the app and Pushpin) gets each part's figures as well,
+    under ``app_`` and ``pushpin_``; the unprefixed figures are the sums.
+    """
+    rss_idle = {part: server.rss(part) for part in server.parts}
 
     async def hold() -> dict[str, Any]:
-        streams, connect_seconds = await hold_idle(server.port, STREAM_PATH, load.subscribers)
+        streams, connect_seconds = await hold_idle(
+            server.stream_port, STREAM_PATH, load.subscribers, publish_port=server.publish_port, in_flight=in_flight
+        )
         await asyncio.sleep(load.settle)
-        rss_streams = server.rss()
-        cpu_before = server.cpu_seconds()
+        rss_streams = {part: server.rss(part) for part in server.parts}
+        cpu_before = {part: server.cpu_seconds(part) for part in server.parts}
         await asyncio.sleep(load.idle)
-        cpu = server.cpu_seconds() - cpu_before
+        cpu = {part: server.cpu_seconds(part) - cpu_before[part] for part in server.parts}
+        cut = sum(1 for stream in streams if stream.cut)
         for stream in streams:
             stream.close()
-        return {
-            "connect_seconds": round(connect_seconds, 2),
-            "server_rss_idle_mb": round(rss_idle / 2**20, 1),
-            "server_rss_mb": round(rss_streams / 2**20, 1),
-            "rss_per_stream_kb": round((rss_streams - rss_idle) / load.subscribers / 1024, 2),
-            "idle_cpu_percent": round(100 * cpu / load.idle, 2),
-        }
+
+        def figures(prefix: str, idle_bytes: int, streams_bytes: int, seconds: float) -> dict[str, float]:
+            return {
+                f"{prefix}rss_idle_mb": round(idle_bytes / 2**20, 1),
+                f"{prefix}rss_mb": round(streams_bytes / 2**20, 1),
+                f"{prefix}rss_per_stream_kb": round((streams_bytes - idle_bytes) / load.subscribers / 1024, 2),
+                f"{prefix}idle_cpu_percent": round(100 * seconds / load.idle, 2),
+            }
+
+        result: dict[str, Any] = {"connect_seconds": round(connect_seconds, 2), "streams_cut": cut}
+        total = figures("", sum(rss_idle.values()), sum(rss_streams.values()), sum(cpu.values()))
+        result.update({"server_rss_idle_mb": total.pop("rss_idle_mb"), "server_rss_mb": total.pop("rss_mb"), **total})
+        if len(server.parts) > 1:
+            for part in server.parts:
+                result.update(figures(f"{part}_", rss_idle[part], rss_streams[part], cpu[part]))
+        return result
 
     return run_client(hold())
 

@@ -158,6 +158,7 @@ class Pushpin:
         message_rate: int = 100_000,
         message_hwm: int = 1_000_000,
         connection_subscription_max: int = 64,
+        client_maxconn: int = 10_000,
     ) -> None:
         self.directory = Path(directory)
         self.origin_port = origin_port
@@ -166,6 +167,7 @@ class Pushpin:
         self.message_rate = message_rate
         self.message_hwm = message_hwm
         self.connection_subscription_max = connection_subscription_max
+        self.client_maxconn = client_maxconn
         (
             self.http_port,
             self.control_port,
@@ -232,7 +234,7 @@ http_port=127.0.0.1:{self.http_port}
 logdir={logdir}
 log_level=2
 client_buffer_size=8192
-client_maxconn=10000
+client_maxconn={self.client_maxconn}
 condure_bin=condure
 zurl_bin=zurl
 

@@ -1,7 +1,9 @@
 """sse_wsgi under load: POST /publish publishes the body to channel "bench"; GET /events streams it.
 
 ``GET /stats`` answers ``publisher.stats()`` as JSON. ``BENCH_REDIS_URL`` puts the publisher on
-Redis; ``BENCH_QUEUE_SIZE``, ``BENCH_HISTORY`` and ``BENCH_HEARTBEAT`` change those settings.
+Redis; ``BENCH_GRIP`` (a GRIP URL, ``http://127.0.0.1:PORT?key=SECRET``) feeds that proxy every event
+and lets it hold the streams it forwards (GRIP mode, Pushpin in front); ``BENCH_QUEUE_SIZE``,
+``BENCH_HISTORY`` and ``BENCH_HEARTBEAT`` change those settings.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ def publish_app(environ, start_response):
 
 
 redis_url = os.environ.get("BENCH_REDIS_URL")
+grip = os.environ.get("BENCH_GRIP") or None
 queue_size = int(os.environ.get("BENCH_QUEUE_SIZE", "5000"))
 history = int(os.environ.get("BENCH_HISTORY", "1000"))
 publisher = (
-    Publisher.from_url(redis_url, history=history, queue_size=queue_size)
+    Publisher.from_url(redis_url, history=history, queue_size=queue_size, grip=grip)
     if redis_url
-    else Publisher(history=history, queue_size=queue_size)
+    else Publisher(history=history, queue_size=queue_size, grip=grip)
 )
 app = SSEMiddleware(publish_app, publisher, path="/events", heartbeat=float(os.environ.get("BENCH_HEARTBEAT", "15")))
