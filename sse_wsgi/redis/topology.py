@@ -53,10 +53,6 @@ class ServerTopology:
         """The server's address, whatever the key."""
         return self._address
 
-    def nodes(self) -> list[Address]:
-        """The one server."""
-        return [self._address]
-
     def refresh(self) -> None:
         """Nothing moves."""
 
@@ -79,10 +75,6 @@ class ClusterTopology:
         """The address of the master that serves *key*'s slot, as last learnt."""
         node = self._cluster.get_node_from_key(key)
         return f"{node.host}:{node.port}"
-
-    def nodes(self) -> list[Address]:
-        """The masters, as last learnt."""
-        return sorted(f"{node.host}:{node.port}" for node in self._cluster.get_primaries())
 
     def refresh(self) -> None:
         """Learn the slots' masters again (after a failover)."""
