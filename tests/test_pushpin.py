@@ -43,6 +43,11 @@ def behind_pushpin(
             pushpin.stop()
 
 
+def broker_env(broker: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The app's settings for *broker*: in memory, or on the test's own Redis."""
+    return {"SSE_REDIS_URL": request.getfixturevalue("redis_server").url} if broker == "redis" else {}
+
+
 def publish(app: LiveServer, text: str, *channels: str) -> str:
     query = "&".join(f"channel={name}" for name in channels or ("room",))
     response = httpx.post(f"{app.url}/publish?{query}", content=text, timeout=5)
@@ -96,7 +101,7 @@ def test_a_resume_through_pushpin_replays_from_history_then_goes_on_live(tmp_pat
 def test_a_stream_of_several_channels_gets_an_event_published_to_both_once(
     tmp_path: Path, broker: str, request: pytest.FixtureRequest
 ) -> None:
-    env = {"SSE_REDIS_URL": request.getfixturevalue("redis_server").url} if broker == "redis" else {}
+    env = broker_env(broker, request)
     with behind_pushpin(tmp_path, "gunicorn-gthread", env) as (app, pushpin):
         client, reader = open_stream(pushpin.url, "/events?channel=a&channel=b")
         single_client, single = open_stream(pushpin.url, "/events/b")
@@ -146,7 +151,7 @@ def test_a_gap_is_recovered_by_pushpin_never_skipped(tmp_path: Path, redis_serve
 def test_an_app_restart_behind_pushpin_keeps_held_streams_and_loses_nothing_silently(
     tmp_path: Path, broker: str, request: pytest.FixtureRequest
 ) -> None:
-    env = {"SSE_REDIS_URL": request.getfixturevalue("redis_server").url} if broker == "redis" else {}
+    env = broker_env(broker, request)
     with behind_pushpin(tmp_path, "gunicorn-sync", env) as (app, pushpin):
         client, reader = open_stream(pushpin.url, "/events/room")
         try:
