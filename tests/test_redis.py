@@ -185,6 +185,7 @@ def test_stats_show_the_connection_and_the_watched_channels(publishers: list[Pub
     assert (stats["broker"], stats["cluster"], stats["connected"]) == ("redis", False, True)
     assert (stats["channels_watched"], stats["last_seen_ids"]) == (1, {"x": event_id})
     assert list(stats["nodes"].values()) == [{"connected": True, "channels": 1}]
+    assert (stats["history_size"], stats["first_id"], stats["last_id"]) == (1, event_id, event_id)
     json.dumps(stats)
 
 

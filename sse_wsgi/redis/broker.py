@@ -243,8 +243,18 @@ class RedisBroker:
         return Replay(items, cursor, lost=lost, oldest_id=items[0][0].id if items else None), cursor
 
     def stats(self) -> dict[str, Any]:
-        """Connection figures of this process's receiver, per node, and the last id seen per watched channel."""
+        """Connection figures of this process's receiver, per node, and the last id seen per followed channel.
+
+        ``history_size``, ``first_id`` and ``last_id`` cover the channels this
+        process follows (history is per channel on Redis): the events they
+        keep in all, and the oldest and newest of them.
+        """
         receiver = self._receiving_here()
+        followed = list(receiver.positions()) if receiver else []
+        try:
+            history_size, first_id, last_id = self._history.span(followed) if followed else (0, None, None)
+        except REDIS_DOWN:
+            history_size, first_id, last_id = None, None, None
         return {
             "broker": "redis",
             "url": self._url,
@@ -259,6 +269,9 @@ class RedisBroker:
             "last_seen_ids": {c: token(p) for c, p in receiver.positions().items()} if receiver else {},
             "reconnects": receiver.reconnects if receiver else 0,
             "gaps_reported": receiver.gaps if receiver else 0,
+            "history_size": history_size,
+            "first_id": first_id,
+            "last_id": last_id,
         }
 
     def close(self) -> None:

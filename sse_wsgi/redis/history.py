@@ -142,6 +142,27 @@ class History:
         """The position of *channel*'s last event; ``None`` when it has none."""
         return self.read([(channel, None)], entries=False)[0].head
 
+    def span(self, channels: Sequence[str]) -> tuple[int, str | None, str | None]:
+        """Events kept on *channels* in all, and the ids of the oldest and the newest of them (for ``stats()``)."""
+        pipe = self.client.pipeline(transaction=False)
+        for channel in channels:
+            keys = self.keys(channel)
+            pipe.hget(keys.meta, "e")
+            pipe.xlen(keys.stream)
+            pipe.xrange(keys.stream, count=1)
+            pipe.xrevrange(keys.stream, count=1)
+        answers = pipe.execute()
+        size, ends = 0, []
+        for index, channel in enumerate(channels):
+            epoch, length, first, last = answers[4 * index : 4 * index + 4]
+            size += int(length)
+            for entry_id, fields in (first or []) + (last or []):
+                if epoch is not None:
+                    record = _record(channel, self._position(str(epoch), entry_id), fields["p"])
+                    ends.append((int(fields["t"]), record.id))
+        ends.sort()
+        return size, ends[0][1] if ends else None, ends[-1][1] if ends else None
+
     def find(self, channels: Sequence[str], custom_id: str) -> list[Position | None]:
         """Where the caller's id *custom_id* is on each channel; ``UNKNOWN`` where it is not kept."""
         pipe = self.client.pipeline(transaction=False)
