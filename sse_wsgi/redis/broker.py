@@ -232,7 +232,7 @@ class RedisBroker:
             if all(p is UNKNOWN for p in positions):
                 return None
         catchups = self._history.read(list(zip(ordered, positions, strict=True)), rewind=True)
-        cursor = ChannelCursor(ordered, [None if c.lost else p for p, c in zip(positions, catchups, strict=True)])
+        cursor = ChannelCursor(ordered, [None if c.lost else c.after for c in catchups])
         items = []
         for _, record in heapq.merge(*(c.records for c in catchups), key=lambda pair: pair[0]):
             sent_as = cursor.admit(record)

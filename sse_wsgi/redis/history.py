@@ -75,6 +75,7 @@ class Catchup:
     lost: bool
     head: Position | None
     head_id: str = NO_POSITION
+    after: Position | None = None  # the position read after, with its tag when it was found from a caller's id
 
 
 def _payload(message: Message) -> str:
@@ -227,8 +228,8 @@ class History:
             return None if rewind and head is not None else Catchup([], True, head, head_id)
         first: Position = records[0][1].seq
         if first.n == after.n and (first.tag == after.tag or after.tag == -1):
-            return Catchup(records[1:], False, head, head_id)
-        return Catchup(records, first.n != after.n + 1, head, head_id)
+            return Catchup(records[1:], False, head, head_id, first)
+        return Catchup(records, first.n != after.n + 1, head, head_id, after)
 
     @staticmethod
     def _position(epoch: str, entry_id: str) -> Position:

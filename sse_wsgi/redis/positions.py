@@ -124,15 +124,10 @@ class ChannelCursor:
             self.positions[channel] = None
 
     def advance(self, heads: dict[str, Position | None]) -> None:
-        """Move to at least *heads* (what the history held when a replay read it).
-
-        A position found from a caller's id has no tag yet (``-1``): it takes the head's.
-        """
+        """Move to at least *heads* (what the history held when a replay read it)."""
         for channel, head in heads.items():
             known = self.positions[channel]
-            if head is None:
-                continue
-            if known is None or known.epoch != head.epoch or known.n < head.n or known.tag < 0:
+            if head is not None and (known is None or known.epoch != head.epoch or known.n < head.n):
                 self.positions[channel] = head
 
     def wire_id(self) -> str:
