@@ -64,7 +64,7 @@ def opened(reader: Reader) -> None:
     assert wait_until(lambda: reader._parser.retry is not None), "the held stream did not open"
 
 
-@pytest.mark.parametrize("kind", [*SERVERS, "gunicorn-sync"])
+@pytest.mark.parametrize("kind", [*SERVERS, "gunicorn-sync", "gunicorn-sync-preload", "gunicorn-gevent-preload"])
 def test_streams_are_held_by_pushpin_on_every_server_and_get_every_event(tmp_path: Path, kind: str) -> None:
     with behind_pushpin(tmp_path, kind) as (app, pushpin):
         streams = [open_stream(pushpin.url, "/events/room") for _ in range(3)]
