@@ -651,8 +651,7 @@ class Subscription:
                 if wire_id is None:
                     continue  # already sent, or sent from another of its streams
                 if chunk is None:
-                    shared = item.chunk  # encoded once for every subscriber that sends the record's own id
-                    chunk = shared if wire_id is item.id and shared is not None else item.encode_with_id(wire_id)
+                    chunk = item.encode_with_id(wire_id)  # the shared chunk when it is the record's own id
                 self.last_id = wire_id
             chunks.append(chunk)
             size += len(chunk)
