@@ -21,9 +21,9 @@ _JOIN_TIMEOUT = 2.0  # seconds
 class Timed(Protocol):
     """A stream the ticker watches."""
 
-    def _is_due(self, now: float) -> bool: ...
+    def is_due(self, now: float) -> bool: ...
 
-    def _wake_up(self) -> None: ...
+    def wake_up(self) -> None: ...
 
 
 class Ticker:
@@ -119,5 +119,5 @@ class Ticker:
     @staticmethod
     def _wake_due(streams: list[Timed], now: float) -> None:
         for stream in streams:
-            if stream._is_due(now):
-                stream._wake_up()
+            if stream.is_due(now):
+                stream.wake_up()

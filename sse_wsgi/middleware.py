@@ -165,7 +165,7 @@ class SSEMiddleware:
             start_response("200 OK", headers)
             return [Event(retry=random.randint(*_DRAIN_RETRY_MS)).encode()]
         if self.max_subscribers is not None and self.publisher.subscription_count >= self.max_subscribers:
-            self.publisher._count_refused()
+            self.publisher.count_refused_stream()
             start_response("200 OK", headers)
             return [Event(retry=random.randint(*_SHED_RETRY_MS)).encode()]
         return self._stream(environ, start_response, channels, query, headers)

@@ -466,7 +466,8 @@ class Publisher:
 
     # -- operations ----------------------------------------------------------
 
-    def _count_refused(self) -> None:
+    def count_refused_stream(self) -> None:
+        """Count one stream refused for ``max_subscribers`` (``stats()["streams_refused"]``)."""
         with self._lock:
             self._refused += 1
 
@@ -615,7 +616,7 @@ class Subscription:
         if len(self._queue) >= self._queue_size:
             return False
         self._queue.append((item, chunk))
-        self._wake_up()
+        self.wake_up()
         return True
 
     def _replayed(self, chunks: list[bytes], cursor: Cursor, last_id: str) -> None:
@@ -657,12 +658,13 @@ class Subscription:
             size += len(chunk)
         return chunks
 
-    def _is_due(self, now: float) -> bool:
+    def is_due(self, now: float) -> bool:
         """True when a heartbeat or the end of the stream's life is due (the publisher's ticker asks)."""
         heartbeat_due = self._heartbeat is not None and now - self._last_sent >= self._heartbeat
         return heartbeat_due or (self._deadline is not None and now >= self._deadline)
 
-    def _wake_up(self) -> None:
+    def wake_up(self) -> None:
+        """Make a waiting ``next()`` look again now (the ticker's call when a heartbeat is due)."""
         if not self._wake.is_set():
             self._wake.set()
 

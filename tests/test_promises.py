@@ -195,11 +195,11 @@ class CountingStream:
     def __init__(self) -> None:
         self.asked = 0
 
-    def _is_due(self, now: float) -> bool:
+    def is_due(self, now: float) -> bool:
         self.asked += 1
         return False
 
-    def _wake_up(self) -> None:
+    def wake_up(self) -> None:
         pass
 
 

@@ -61,10 +61,10 @@ class Stream:
     def __init__(self) -> None:
         self.woken = threading.Event()
 
-    def _is_due(self, now: float) -> bool:
+    def is_due(self, now: float) -> bool:
         return True
 
-    def _wake_up(self) -> None:
+    def wake_up(self) -> None:
         self.woken.set()
 
 
