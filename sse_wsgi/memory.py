@@ -149,7 +149,7 @@ class MemoryBroker:
         seq = self._seq
         wire_id = message.id if message.id is not None else f"{self._epoch}-{seq}"
         record = Record.from_message(seq, wire_id, message)
-        self._keep(record, custom=message.id is not None)
+        self._keep(record)
         for name in message.channels:
             self._last[name] = (seq, wire_id)
             self._last.move_to_end(name)
@@ -206,13 +206,13 @@ class MemoryBroker:
                 if not sets:
                     del self._held_by_channel[name]
 
-    def _keep(self, record: Record, *, custom: bool) -> None:
+    def _keep(self, record: Record) -> None:
         if self.history == 0:
             self._forgotten_through = record.seq
             return
         kept = _Kept(record, len(record.channels))
         self._order[record.seq] = kept
-        if custom:
+        if record.custom:
             self._custom_ids[record.id] = record.seq
         for name in record.channels:
             channel = self._channels.get(name)

@@ -108,10 +108,10 @@ class ChannelCursor:
         if known is not None and position.n <= known.n and known.epoch == position.epoch:
             return None
         self.positions[stream] = position
-        if self._single or record.custom:  # one channel: the record's own id (its token, or the caller's id)
-            return record.id if self._single or self._primary(record) == stream else None
-        if self._primary(record) != stream:
-            return None
+        if not self._single and self._primary(record) != stream:
+            return None  # a copy: this subscriber takes the event from another of its streams
+        if self._single or record.custom:  # the record's own id: its token, or the caller's id
+            return record.id
         return self.wire_id()
 
     def _primary(self, record: Record) -> str:
