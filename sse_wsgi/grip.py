@@ -94,9 +94,15 @@ def verify_grip_sig(token: str | None, keys: Iterable[bytes], now: float | None 
         return False
     try:
         header_b64, payload_b64, signature_b64 = token.split(".")
+        signature = _b64url_decode(signature_b64)
+        signed = f"{header_b64}.{payload_b64}".encode("ascii")
+    except (ValueError, binascii.Error):
+        return False
+    if not any(hmac.compare_digest(hmac.new(key, signed, hashlib.sha256).digest(), signature) for key in keys):
+        return False  # checked first: a client's token is never parsed (deeply nested JSON would raise)
+    try:
         header = json.loads(_b64url_decode(header_b64))
         payload = json.loads(_b64url_decode(payload_b64))
-        signature = _b64url_decode(signature_b64)
     except (ValueError, binascii.Error):
         return False
     if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(payload, dict):
@@ -104,10 +110,7 @@ def verify_grip_sig(token: str | None, keys: Iterable[bytes], now: float | None 
     expires = payload.get("exp")
     if isinstance(expires, bool) or not isinstance(expires, (int, float)):
         return False
-    if expires <= (time.time() if now is None else now):
-        return False
-    signed = f"{header_b64}.{payload_b64}".encode()
-    return any(hmac.compare_digest(hmac.new(key, signed, hashlib.sha256).digest(), signature) for key in keys)
+    return expires > (time.time() if now is None else now)
 
 
 def held_channel(channels: Iterable[str]) -> str:

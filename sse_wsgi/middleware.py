@@ -229,15 +229,17 @@ class SSEMiddleware:
         Trusted on the proxy's signature and the link this app signed, never on
         ``authorize``: the proxy sends no cookies with it.
         """
+        if not proxied:
+            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
         try:
             query = query_params(environ.get("QUERY_STRING", ""))
             channels = self._channels(target, query)
         except BadRequest:
             return text_answer(start_response, "403 Forbidden", "Forbidden\n")
-        signature = dict(query).get("grip_link", "")
-        expected = link_signature(self.publisher.grip_keys, channels) if proxied else ""
+        signature = dict(query).get("grip_link", "").encode()  # bytes: any text compares, none raises
+        expected = link_signature(self.publisher.grip_keys, channels).encode()
         last = parse_grip_last(environ["HTTP_GRIP_LAST"]).get(held_channel(channels))
-        if not proxied or not hmac.compare_digest(signature, expected) or last is None:
+        if not hmac.compare_digest(signature, expected) or last is None:
             return text_answer(start_response, "403 Forbidden", "Forbidden\n")
         try:
             hold = self.publisher.hold(channels, last)

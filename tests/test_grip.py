@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Iterator
 from urllib.parse import parse_qsl, urlsplit
@@ -88,6 +89,8 @@ def test_a_bad_grip_argument_is_a_clear_error(grip, error: type[Exception], matc
         pytest.param(grip_sig(expires_in=-5), False, id="expired"),
         pytest.param(grip_sig(alg="none"), False, id="alg none"),
         pytest.param("not.a.jwt", False, id="garbage"),
+        pytest.param(".".join([_b64(b"[" * 5000)] * 2 + ["AAAA"]), False, id="deeply nested JSON"),
+        pytest.param("\u00e9.\u00e9.\u00e9", False, id="not ASCII"),
         pytest.param("", False, id="empty"),
         pytest.param(None, False, id="absent"),
     ],
@@ -205,6 +208,18 @@ def test_a_recovery_request_that_does_not_verify_gets_403_and_nothing(
         link = link.replace("channel=secret-not", "channel=secret")
     if forged == "link of another channel":
         link = link.replace("channel=other", "channel=secret")
+    response = client.get(link, headers=headers)
+    assert response.status_code == 403 and b"private" not in response.get_data()
+
+
+
+@pytest.mark.parametrize("signature", ["%C3%A9", "", "0" * 64])
+def test_a_recovery_link_with_a_malformed_signature_gets_403_not_an_error(
+    client: Client, publisher: Publisher, signature: str
+) -> None:
+    link = re.sub(r"grip_link=[^&]*", f"grip_link={signature}", recovery_link(client, "/events/chat"))
+    publisher.publish("private", "chat")
+    headers = {"Grip-Sig": grip_sig(), "Grip-Last": f"{held_channel(['chat'])}; last-id=0badcafe-0"}
     response = client.get(link, headers=headers)
     assert response.status_code == 403 and b"private" not in response.get_data()
 
