@@ -13,9 +13,11 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from werkzeug.test import Client
 
 from sse_wsgi import HISTORY_LOST_EVENT, Publisher, SSEMiddleware
@@ -212,7 +214,6 @@ def test_a_recovery_request_that_does_not_verify_gets_403_and_nothing(
     assert response.status_code == 403 and b"private" not in response.get_data()
 
 
-
 @pytest.mark.parametrize("signature", ["%C3%A9", "", "0" * 64])
 def test_a_recovery_link_with_a_malformed_signature_gets_403_not_an_error(
     client: Client, publisher: Publisher, signature: str
@@ -222,6 +223,34 @@ def test_a_recovery_link_with_a_malformed_signature_gets_403_not_an_error(
     headers = {"Grip-Sig": grip_sig(), "Grip-Last": f"{held_channel(['chat'])}; last-id=0badcafe-0"}
     response = client.get(link, headers=headers)
     assert response.status_code == 403 and b"private" not in response.get_data()
+
+
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sig=st.sampled_from(["valid", "expired", "nested", "none"]) | header_text,
+    last=st.none() | header_text | header_text.map(lambda i: f"{held_channel(['chat'])}; last-id={i}"),
+    query=st.lists(st.tuples(st.sampled_from(["channel", "grip_link", "lastEventId"]), header_text), max_size=3),
+    link_of_chat=st.booleans(),
+    path=st.sampled_from(["/events", "/events/chat", "/events/secret", "/events/%C3%A9", "/events/%FF"]),
+)
+def test_hostile_grip_requests_get_an_answer_never_an_error_and_leak_nothing(
+    client: Client, publisher: Publisher, sig: str, last: str | None, query: list, link_of_chat: bool, path: str
+) -> None:
+    signatures = {"valid": grip_sig(), "expired": grip_sig(expires_in=-5), "nested": f"{_b64(b'[' * 5000)}.e30.AA"}
+    headers = {} if sig == "none" else {"Grip-Sig": signatures.get(sig, sig)}
+    if last is not None:
+        headers["Grip-Last"] = last
+    target = recovery_link(client, "/events/chat") if link_of_chat else path
+    target += ("&" if "?" in target else "?") + urlencode(query)
+    response = client.get(target, headers=headers, buffered=False)
+    try:
+        assert response.status_code < 500
+    finally:
+        response.close()  # a stream the app serves itself ends here
+    assert publisher.subscription_count == 0
 
 
 # -- what goes to the proxy --------------------------------------------------------------------------
