@@ -141,7 +141,6 @@ class ProxySenders:
     """Every proxy's sender: each published event goes to each proxy once."""
 
     def __init__(self, proxies: list[GripProxy]) -> None:
-        self.proxies = proxies
         self.keys = [proxy.key for proxy in proxies]
         self._senders = [_Sender(proxy) for proxy in proxies]
 

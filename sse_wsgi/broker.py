@@ -34,7 +34,7 @@ from .event import Event
 #: its last hold or recovery request (the proxy asks again at least every minute).
 HELD_SET_TTL = 180.0
 
-__all__ = ["Broker", "Cursor", "Deliver", "Hold", "Lost", "Message", "ProxyItem", "Record", "Replay"]
+__all__ = ["HELD_SET_TTL", "Broker", "Cursor", "Deliver", "Hold", "Lost", "Message", "ProxyItem", "Record", "Replay"]
 
 
 @dataclass(frozen=True)
@@ -224,4 +224,3 @@ class Broker(Protocol):
 
     def close(self) -> None:
         """Stop delivering and release resources."""
-

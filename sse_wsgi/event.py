@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Event", "Serializer", "json_serializer", "split_lines"]
+__all__ = ["HEARTBEAT", "Event", "Serializer", "json_serializer", "split_lines"]
 
 Serializer = Callable[[Any], str]
 
@@ -133,3 +133,7 @@ class Event:
             lines.extend("data: " + line for line in split_lines(text))
         lines.append("\n")
         return "\n".join(lines).encode("utf-8")
+
+
+#: The comment an idle stream sends every ``heartbeat`` seconds.
+HEARTBEAT = Event(comment="keep-alive").encode()

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from .event import HEARTBEAT
+
 __all__ = [
     "GripProxy",
     "grip_channel_header",
@@ -141,9 +143,12 @@ def grip_channel_header(channel: str, prev_id: str) -> str:
     return f"{channel}; prev-id={_quoted(prev_id)}"
 
 
+_HEARTBEAT_CSTRING = HEARTBEAT.decode().replace("\n", "\\n")  # the heartbeat, escaped as Pushpin reads it
+
+
 def keep_alive_header(heartbeat: float) -> str:
     """A ``Grip-Keep-Alive`` value that sends the heartbeat comment every *heartbeat* seconds (rounded up)."""
-    return f": keep-alive\\n\\n; format=cstring; timeout={max(1, math.ceil(heartbeat))}"
+    return f"{_HEARTBEAT_CSTRING}; format=cstring; timeout={max(1, math.ceil(heartbeat))}"
 
 
 def parse_grip_last(header: str) -> dict[str, str]:

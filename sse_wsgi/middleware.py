@@ -59,6 +59,12 @@ _UNAVAILABLE_RETRY_MS = (1_000, 5_000)
 _RECOVERY_EVERY = 60
 
 
+def _retry_hint(start_response: StartResponse, headers: list[tuple[str, str]], span: tuple[int, int]) -> list[bytes]:
+    """A stream that carries only a ``retry:`` hint, random within *span* milliseconds, then ends."""
+    start_response("200 OK", headers)
+    return [Event(retry=random.randint(*span)).encode()]
+
+
 class SSEMiddleware:
     """Serve event streams on *path*, and hand every request ``environ["sse.publisher"]``.
 
@@ -162,12 +168,10 @@ class SSEMiddleware:
         if proxied:
             return self._hold(environ, start_response, target, channels, query, headers)
         if self.publisher.draining:
-            start_response("200 OK", headers)
-            return [Event(retry=random.randint(*_DRAIN_RETRY_MS)).encode()]
+            return _retry_hint(start_response, headers, _DRAIN_RETRY_MS)
         if self.max_subscribers is not None and self.publisher.subscription_count >= self.max_subscribers:
             self.publisher.count_refused_stream()
-            start_response("200 OK", headers)
-            return [Event(retry=random.randint(*_SHED_RETRY_MS)).encode()]
+            return _retry_hint(start_response, headers, _SHED_RETRY_MS)
         return self._stream(environ, start_response, channels, query, headers)
 
     def _stream(
@@ -192,8 +196,7 @@ class SSEMiddleware:
             )
         except BrokerUnavailable as error:  # the browser comes back later: a non-200 answer would stop it for good
             logger.warning("stream refused for now: %s", error)
-            start_response("200 OK", headers)
-            return [Event(retry=random.randint(*_UNAVAILABLE_RETRY_MS)).encode()]
+            return _retry_hint(start_response, headers, _UNAVAILABLE_RETRY_MS)
         start_response("200 OK", headers)
         return subscription
 
@@ -212,8 +215,7 @@ class SSEMiddleware:
             hold = self.publisher.hold(channels, resume_after)
         except BrokerUnavailable as error:  # not held: the body ends, and the browser comes back
             logger.warning("stream not held for now: %s", error)
-            start_response("200 OK", headers)
-            return [Event(retry=random.randint(*_UNAVAILABLE_RETRY_MS)).encode()]
+            return _retry_hint(start_response, headers, _UNAVAILABLE_RETRY_MS)
         start_response("200 OK", headers + self._grip_headers(environ, target, channels, hold.id))
         return [self._opening.encode(), *self._held_body(hold.replay, resume_after)]
 

@@ -18,11 +18,11 @@ from ._ticker import Ticker
 from ._validate import check_count, check_seconds
 from .broker import Broker, Cursor, Hold, Message, Record
 from .errors import BrokerUnavailable, PublisherClosed
-from .event import Event, Serializer, json_serializer
+from .event import HEARTBEAT, Event, Serializer, json_serializer
 from .grip import parse_grip
 from .memory import MemoryBroker
 
-__all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription", "drain_all"]
+__all__ = ["DEFAULT_CHANNEL", "HISTORY_LOST_EVENT", "Publisher", "Subscription", "drain_all", "history_lost_chunk"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ DEFAULT_CHANNEL = "default channel"
 #: ``Last-Event-ID`` are no longer in the history. Its data is JSON:
 #: ``{"last_event_id": "<the id asked for>", "oldest_id": "<oldest kept>"}``.
 HISTORY_LOST_EVENT = "history-lost"
-
-HEARTBEAT = Event(comment="keep-alive").encode()
 
 #: Events queued for one subscriber at most, unless half the history is less.
 DEFAULT_QUEUE_SIZE = 1000

@@ -81,9 +81,7 @@ class RedisBroker:
         self._closed = False
 
     @classmethod
-    def from_url(
-        cls, url: str, *, history: int = 1000, ttl: float = DEFAULT_TTL, key: str = "sse_wsgi"
-    ) -> RedisBroker:
+    def from_url(cls, url: str, *, history: int = 1000, ttl: float = DEFAULT_TTL, key: str = "sse_wsgi") -> RedisBroker:
         """Connect to the Redis server at *url* (``redis://[:password@]host:6379/0``).
 
         When that server is a node of a Redis Cluster (``cluster-enabled
@@ -196,7 +194,7 @@ class RedisBroker:
 
     def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
         """Register a held set of several *channels*; the replay after *last_event_id* and the set's id (one read)."""
-        names = ids_of(list(dict.fromkeys(channels)))
+        names = ids_of(set(channels))
         try:
             if len(names) > 1:
                 self._history.hold(names, HELD_SET_TTL)
@@ -250,9 +248,9 @@ class RedisBroker:
         keep in all, and the oldest and newest of them.
         """
         receiver = self._receiving_here()
-        followed = list(receiver.positions()) if receiver else []
+        positions = receiver.positions() if receiver else {}
         try:
-            history_size, first_id, last_id = self._history.span(followed) if followed else (0, None, None)
+            history_size, first_id, last_id = self._history.span(list(positions)) if positions else (0, None, None)
         except REDIS_DOWN:
             history_size, first_id, last_id = None, None, None
         return {
@@ -265,8 +263,8 @@ class RedisBroker:
             "reader_running": receiver is not None,
             "connected": receiver is not None and receiver.connected,
             "nodes": receiver.nodes() if receiver else {},
-            "channels_watched": len(receiver.positions()) if receiver else 0,
-            "last_seen_ids": {c: token(p) for c, p in receiver.positions().items()} if receiver else {},
+            "channels_watched": len(positions),
+            "last_seen_ids": {c: token(p) for c, p in positions.items()},
             "reconnects": receiver.reconnects if receiver else 0,
             "gaps_reported": receiver.gaps if receiver else 0,
             "history_size": history_size,

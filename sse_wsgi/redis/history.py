@@ -91,8 +91,8 @@ def _record(channel: str, position: Position, payload: str) -> Record:
 def parse_live(channel: str, text: str) -> Record:
     """The record a live message of *channel* carries (``"<token> <payload>"``)."""
     token, _, payload = text.partition(" ")
-    epoch, n, tag = token.split("-")
-    return _record(channel, Position(epoch, int(n), int(tag)), payload)
+    epoch, _, entry_id = token.partition("-")
+    return _record(channel, Position.from_entry(epoch, entry_id), payload)
 
 
 class History:
@@ -159,7 +159,7 @@ class History:
             size += int(length)
             for entry_id, fields in (first or []) + (last or []):
                 if epoch is not None:
-                    record = _record(channel, self._position(str(epoch), entry_id), fields["p"])
+                    record = _record(channel, Position.from_entry(str(epoch), entry_id), fields["p"])
                     ends.append((int(fields["t"]), record.id))
         ends.sort()
         return size, ends[0][1] if ends else None, ends[-1][1] if ends else None
@@ -231,12 +231,7 @@ class History:
             return Catchup(records[1:], False, head, head_id, first)
         return Catchup(records, first.n != after.n + 1, head, head_id, after)
 
-    @staticmethod
-    def _position(epoch: str, entry_id: str) -> Position:
-        n, _, tag = entry_id.partition("-")
-        return Position(epoch, int(n), int(tag))
-
     def _entry(self, channel: str, epoch: str, entry: list[Any]) -> tuple[int, Record]:
         entry_id, fields = entry
         values = dict(zip(fields[::2], fields[1::2], strict=True))
-        return int(values["t"]), _record(channel, self._position(epoch, entry_id), values["p"])
+        return int(values["t"]), _record(channel, Position.from_entry(epoch, entry_id), values["p"])

@@ -17,7 +17,7 @@ with no event yet has the token ``0``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..broker import Record
@@ -40,10 +40,11 @@ class Position(NamedTuple):
         """``<epoch>-<n>-<tag>``."""
         return f"{self.epoch}-{self.n}-{self.tag}"
 
-    @property
-    def entry_id(self) -> str:
-        """Its Redis Stream entry id, ``<n>-<tag>``."""
-        return f"{self.n}-{self.tag}"
+    @classmethod
+    def from_entry(cls, epoch: str, entry_id: str) -> Position:
+        """The position of the Redis Stream entry *entry_id* (``<n>-<tag>``) in a channel of *epoch*."""
+        n, _, tag = entry_id.partition("-")
+        return cls(epoch, int(n), int(tag))
 
 
 def token(position: Position | None) -> str:
@@ -77,7 +78,7 @@ def parse_id(text: str, count: int) -> list[Position | None] | None:
         return None
 
 
-def ids_of(channels: Sequence[str]) -> tuple[str, ...]:
+def ids_of(channels: Iterable[str]) -> tuple[str, ...]:
     """*channels* in the order an id lists them."""
     return tuple(sorted(channels))
 

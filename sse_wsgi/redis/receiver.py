@@ -164,6 +164,7 @@ class Receiver:
 
     @property
     def running(self) -> bool:
+        """True until :meth:`close`, while the dispatcher runs."""
         return self._thread.is_alive() and not self._stop.is_set()
 
     @property
