@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import BrokerUnavailable, PublisherClosed
+from .errors import BrokerUnavailable, PublisherClosed, PublishOutcomeUnknown
 from .event import Event
 from .middleware import SSEMiddleware
 from .publisher import DEFAULT_CHANNEL, HISTORY_LOST_EVENT, Publisher, Subscription
@@ -14,6 +14,7 @@ __all__ = [
     "HISTORY_LOST_EVENT",
     "BrokerUnavailable",
     "Event",
+    "PublishOutcomeUnknown",
     "Publisher",
     "PublisherClosed",
     "SSEMiddleware",

@@ -47,7 +47,11 @@ HOP_BY_HOP = frozenset(
 )
 
 MAX_CHANNEL_NAME = 200  # characters
-MAX_LAST_EVENT_ID = 256  # characters; longer ones are ignored as malformed
+# Characters of a Last-Event-ID per channel of the request, and at least, beyond which it is ignored as
+# malformed: the ids the brokers give out name a position per channel (on Redis up to 36 characters each,
+# 570 at 16 channels), and a caller's own id may be up to 256 characters.
+MAX_LAST_EVENT_ID_PER_CHANNEL = 64
+MAX_LAST_EVENT_ID = 256
 MAX_QUERY_FIELDS = 1000
 
 
@@ -141,10 +145,11 @@ def check_channel_name(name: str) -> str:
     return name
 
 
-def last_event_id(header: str | None, query: list[tuple[str, str]]) -> str | None:
+def last_event_id(header: str | None, query: list[tuple[str, str]], channels: int = 1) -> str | None:
     """The id to resume after: the ``Last-Event-ID`` header, else a ``lastEventId`` query parameter.
 
-    A value that is not UTF-8, too long, or holds CR, LF or NUL is ignored.
+    A value that is not UTF-8, longer than 64 characters per channel of the
+    request (and 256 at least), or holds CR, LF or NUL is ignored.
     """
     value: str | None = None
     if header:
@@ -154,6 +159,7 @@ def last_event_id(header: str | None, query: list[tuple[str, str]]) -> str | Non
             value = None
     if value is None:
         value = next((v for k, v in query if k == "lastEventId" and v), None)
-    if value is None or len(value) > MAX_LAST_EVENT_ID or any(c in value for c in "\r\n\0"):
+    longest = max(MAX_LAST_EVENT_ID, MAX_LAST_EVENT_ID_PER_CHANNEL * channels)
+    if value is None or len(value) > longest or any(c in value for c in "\r\n\0"):
         return None
     return value

@@ -33,8 +33,27 @@ from .event import Event
 #: Seconds a set of several channels held by a GRIP proxy stays registered after
 #: its last hold or recovery request (the proxy asks again at least every minute).
 HELD_SET_TTL = 180.0
+#: Seconds a broker remembers a publish's idempotency key: publishing again with it within that time
+#: stores nothing and gives the first publish's id.
+IDEMPOTENCY_TTL = 120.0
+#: The most sets of several channels held by GRIP proxies that one channel is part of: a publish to the
+#: channel makes one proxy item for each, so this bounds what one publish costs the proxy and the broker.
+MAX_HELD_SETS = 100
 
-__all__ = ["HELD_SET_TTL", "Broker", "Cursor", "Deliver", "Hold", "Lost", "Message", "ProxyItem", "Record", "Replay"]
+__all__ = [
+    "HELD_SET_TTL",
+    "IDEMPOTENCY_TTL",
+    "MAX_HELD_SETS",
+    "Broker",
+    "Cursor",
+    "Deliver",
+    "Hold",
+    "Lost",
+    "Message",
+    "ProxyItem",
+    "Record",
+    "Replay",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,8 @@ class Message:
     event: str | None = None
     id: str | None = None
     retry: int | None = None
+    #: The caller's key that makes a repeated publish a no-op (``None``: the broker makes one if it needs one).
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +139,15 @@ class Replay:
     :param lost: ``True`` when some events after the given id are no longer
         in the history (evicted, published before a restart, lost by the store).
     :param oldest_id: the id of the oldest record kept for these channels, if any.
+    :param resume_id: the id naming where the cursor is once the replay is
+        sent: what the subscriber resumes from when nothing follows.
     """
 
     items: list[tuple[Record, str]]
     cursor: Cursor
     lost: bool = False
     oldest_id: str | None = None
+    resume_id: str | None = None
 
     @property
     def records(self) -> list[Record]:
@@ -216,8 +240,14 @@ class Broker(Protocol):
         held on several channels gets the event once.
         """
 
-    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
-        """Register *channels* as a set held by a proxy; the replay after *last_event_id* and the set's id."""
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold | None:
+        """Register *channels* as a set held by a proxy; the replay after *last_event_id* and the set's id.
+
+        ``None`` when a set of several channels cannot be registered: one of
+        them is already in :data:`MAX_HELD_SETS` other sets (so that a
+        publish costs the proxy a bounded number of items); the app then
+        serves that stream itself.
+        """
 
     def stats(self) -> dict[str, Any]:
         """Plain-dict figures about the history and the connection."""

@@ -12,7 +12,18 @@ from typing import Any
 
 from ._process import ProcessLock, fork_generation
 from ._validate import check_count
-from .broker import HELD_SET_TTL, Deliver, Hold, Lost, Message, ProxyItem, Record, Replay
+from .broker import (
+    HELD_SET_TTL,
+    IDEMPOTENCY_TTL,
+    MAX_HELD_SETS,
+    Deliver,
+    Hold,
+    Lost,
+    Message,
+    ProxyItem,
+    Record,
+    Replay,
+)
 
 __all__ = ["MemoryBroker"]
 
@@ -113,6 +124,7 @@ class MemoryBroker:
         self._held: dict[tuple[str, ...], float] = {}  # a set held by a GRIP proxy -> when it expires
         self._held_by_channel: dict[str, set[tuple[str, ...]]] = {}
         self._forgotten_through = 0  # the highest seq evicted from a channel whose state is gone
+        self._published_keys: OrderedDict[str, tuple[float, str]] = OrderedDict()  # idempotency key -> (until, id)
 
     def _check_fork(self) -> None:
         if self._generation != fork_generation():
@@ -139,16 +151,28 @@ class MemoryBroker:
         return SeqCursor()
 
     def publish(self, message: Message) -> str:
-        """Number, keep and deliver *message*; return its wire id."""
+        """Number, keep and deliver *message*; return its wire id (the first one's, for a repeated idempotency key)."""
         with self._lock:
-            return self._publish(message).id
+            self._check_fork()
+            repeated = self._repeated(message)
+            return repeated if repeated is not None else self._publish(message).id
+
+    def _repeated(self, message: Message) -> str | None:
+        """The id of the publish with *message*'s idempotency key within :data:`IDEMPOTENCY_TTL`, if any."""
+        now = time.monotonic()
+        keys = self._published_keys
+        while keys and (next(iter(keys.values()))[0] <= now or len(keys) > self.history_total):
+            keys.popitem(last=False)
+        found = keys.get(message.idempotency_key) if message.idempotency_key is not None else None
+        return None if found is None else found[1]
 
     def _publish(self, message: Message) -> Record:
-        self._check_fork()
         self._seq += 1
         seq = self._seq
         wire_id = message.id if message.id is not None else f"{self._epoch}-{seq}"
         record = Record.from_message(seq, wire_id, message)
+        if message.idempotency_key is not None:
+            self._published_keys[message.idempotency_key] = (time.monotonic() + IDEMPOTENCY_TTL, wire_id)
         self._keep(record)
         for name in message.channels:
             self._last[name] = (seq, wire_id)
@@ -163,17 +187,25 @@ class MemoryBroker:
         """Publish *message*; one proxy item per channel and per held set it reaches, ids fixed under one lock."""
         with self._lock:
             self._check_fork()
+            repeated = self._repeated(message)
+            if repeated is not None:  # the proxies have it, or drop it again by its id
+                return repeated, []
             reached = self._held_sets_of(message.channels)
             before = {names: self._set_id(names) for names in [(name,) for name in message.channels] + reached}
             record = self._publish(message)
         return record.id, [ProxyItem(names, record.id, prev_id, record) for names, prev_id in before.items()]
 
-    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
-        """Register a held set of several *channels*; the replay after *last_event_id* and the set's id."""
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold | None:
+        """Register a held set of several *channels*; the replay after *last_event_id* and the set's id.
+
+        ``None`` when one of the channels is part of :data:`MAX_HELD_SETS` other held sets.
+        """
         names = tuple(sorted(set(channels)))
         with self._lock:
             self._check_fork()
             if len(names) > 1:
+                if names not in self._held and any(self._held_set_count(name) >= MAX_HELD_SETS for name in names):
+                    return None
                 self._held[names] = time.monotonic() + HELD_SET_TTL
                 for name in names:
                     self._held_by_channel.setdefault(name, set()).add(names)
@@ -184,6 +216,10 @@ class MemoryBroker:
         """The id of the last event on any of *names* (``<epoch>-0`` when none is known)."""
         known = [self._last[name] for name in names if name in self._last]
         return max(known)[1] if known else f"{self._epoch}-0"
+
+    def _held_set_count(self, name: str) -> int:
+        """How many live held sets *name* is part of (expired ones are forgotten)."""
+        return len(self._held_sets_of([name]))
 
     def _held_sets_of(self, channels: Sequence[str]) -> list[tuple[str, ...]]:
         """The held sets of several channels that include one of *channels*; expired ones are forgotten."""
@@ -283,7 +319,10 @@ class MemoryBroker:
         head = self._seq  # everything up to it is replayed here, or was before the id, or is elsewhere
         records = [by_seq[seq] for seq in sorted(by_seq)]
         oldest_id = records[0].id if records else None
-        return Replay([(r, r.id) for r in records], SeqCursor(head), lost=lost, oldest_id=oldest_id)
+        resume_id = f"{self._epoch}-{head}"
+        return Replay(
+            [(r, r.id) for r in records], SeqCursor(head), lost=lost, oldest_id=oldest_id, resume_id=resume_id
+        )
 
     def _resolve(self, last_event_id: str) -> int | None:
         """The seq after which to resume; -1 for an id of another life; ``None`` for an unknown id."""
@@ -322,3 +361,4 @@ class MemoryBroker:
             self._last.clear()
             self._held.clear()
             self._held_by_channel.clear()
+            self._published_keys.clear()

@@ -166,7 +166,9 @@ class SSEMiddleware:
             start_response("200 OK", headers)
             return []
         if proxied:
-            return self._hold(environ, start_response, target, channels, query, headers)
+            held = self._hold(environ, start_response, target, channels, query, headers)
+            if held is not None:
+                return held
         if self.publisher.draining:
             return _retry_hint(start_response, headers, _DRAIN_RETRY_MS)
         if self.max_subscribers is not None and self.publisher.subscription_count >= self.max_subscribers:
@@ -189,7 +191,7 @@ class SSEMiddleware:
                 channels,
                 properties=self.properties(environ) if self.properties is not None else None,
                 initial_data=[self._opening],
-                last_event_id=last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query),
+                last_event_id=last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query, len(channels)),
                 heartbeat=self.heartbeat,
                 max_lifetime=self.max_lifetime,
                 client_disconnected=disconnect_probe(environ),
@@ -208,14 +210,21 @@ class SSEMiddleware:
         channels: tuple[str, ...],
         query: list[tuple[str, str]],
         headers: list[tuple[str, str]],
-    ) -> Iterable[bytes]:
-        """Let the GRIP proxy hold this stream: answer at once with its start and what to follow."""
-        resume_after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query)
+    ) -> Iterable[bytes] | None:
+        """Let the GRIP proxy hold this stream: answer at once with its start and what to follow.
+
+        ``None`` when the set of channels cannot be held (too many held sets
+        share one of them): the app then serves the stream itself.
+        """
+        resume_after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query, len(channels))
         try:
             hold = self.publisher.hold(channels, resume_after)
         except BrokerUnavailable as error:  # not held: the body ends, and the browser comes back
             logger.warning("stream not held for now: %s", error)
             return _retry_hint(start_response, headers, _UNAVAILABLE_RETRY_MS)
+        if hold is None:
+            logger.warning("too many held sets share one of %s: the app serves this stream itself", list(channels))
+            return None
         start_response("200 OK", headers + self._grip_headers(environ, target, channels, hold.id))
         return [self._opening.encode(), *self._held_body(hold.replay, resume_after)]
 
@@ -247,6 +256,8 @@ class SSEMiddleware:
             hold = self.publisher.hold(channels, last)
         except (BrokerUnavailable, PublisherClosed) as error:  # an answer without Grip-Hold ends the stream
             logger.warning("cannot recover a held stream now: %s", error)
+            hold = None
+        if hold is None:  # an answer without Grip-Hold ends the stream: the browser resumes from the app
             start_response("200 OK", list(STREAM_HEADERS))
             return []
         start_response("200 OK", STREAM_HEADERS + self._grip_headers(environ, target, channels, hold.id))
@@ -256,7 +267,8 @@ class SSEMiddleware:
         """The replay after *after* as chunks, the loss event first where it applies."""
         if replay is None:
             return [history_lost_chunk(after, None)] if unknown_is_lost else []
-        chunks = [history_lost_chunk(after, replay.oldest_id)] if replay.lost else []
+        resume_id = None if replay.items else replay.resume_id
+        chunks = [history_lost_chunk(after, replay.oldest_id, resume_id)] if replay.lost else []
         chunks.extend(record.encode_with_id(wire_id) for record, wire_id in replay.items)
         return chunks
 

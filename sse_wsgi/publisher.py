@@ -69,10 +69,15 @@ def _queue_limit(queue_size: int | None, history: int) -> int:
     return queue_size
 
 
-def history_lost_chunk(last_event_id: str | None, oldest_id: str | None) -> bytes:
-    """The encoded :data:`HISTORY_LOST_EVENT`: events after *last_event_id* are gone, *oldest_id* is the oldest kept."""
+def history_lost_chunk(last_event_id: str | None, oldest_id: str | None, resume_id: str | None = None) -> bytes:
+    """The encoded :data:`HISTORY_LOST_EVENT`: events after *last_event_id* are gone, *oldest_id* is the oldest kept.
+
+    With *resume_id* (when nothing follows it in a replay), the event carries
+    that id: the position the stream goes on from, so that the browser's next
+    reconnect resumes there and is not told of the same loss again.
+    """
     lost = {"last_event_id": last_event_id, "oldest_id": oldest_id}
-    return Event(json.dumps(lost), event=HISTORY_LOST_EVENT).encode()
+    return Event(json.dumps(lost), event=HISTORY_LOST_EVENT, id=resume_id).encode()
 
 
 def normalize_channels(channel: str | Iterable[str]) -> tuple[str, ...]:
@@ -309,7 +314,7 @@ class Publisher:
             return
         chunks = []
         if replay.lost:
-            chunks.append(history_lost_chunk(last_event_id, replay.oldest_id))
+            chunks.append(history_lost_chunk(last_event_id, replay.oldest_id, replay.resume_id))
         last_id = last_event_id
         for record, wire_id in replay.items:
             chunk = self._chunk_for(subscription, record, wire_id)
@@ -356,6 +361,7 @@ class Publisher:
         event: str | None = None,
         id: str | None = None,
         retry: int | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Publish *data* to *channel* (a name or a list of names); return the event's id.
 
@@ -364,9 +370,20 @@ class Publisher:
         none when that returns ``None`` (in-memory broker only). Without
         *id*, the broker assigns increasing ids. A subscriber of several of
         the channels gets the event once.
+
+        :param idempotency_key: a key (up to 200 characters) that makes the
+            publish happen once: a publish with the same key within the
+            broker's window (two minutes) stores nothing and returns the
+            first one's id. Use it to retry after
+            :class:`~sse_wsgi.errors.PublishOutcomeUnknown` (whose
+            ``idempotency_key`` is the one to retry with).
         """
         channels = normalize_channels(channel)
         Event(event=event, id=id, retry=retry)  # validates the fields, raising on bad ones
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+        ):
+            raise TypeError(f"idempotency_key must be a str of 1 to 200 characters or None, not {idempotency_key!r}")
         if self._closed:
             raise PublisherClosed("this Publisher is closed: create a new one to publish")
         if callable(data):
@@ -386,15 +403,20 @@ class Publisher:
                 raise TypeError(f"data must be a str or a value the serializer accepts: {error}") from error
             if not isinstance(payload, str):
                 raise TypeError(f"the serializer must return a str, not {type(payload).__name__}")
-        message = Message(channels, payload, event, id, retry)
+        message = Message(channels, payload, event, id, retry, idempotency_key)
         if self._proxies is None:
             return self._broker.publish(message)
         event_id, items = self._broker.publish_for_proxies(message)
         self._proxies.send(items)
         return event_id
 
-    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
-        """What a stream held by a GRIP proxy starts with (see :meth:`~sse_wsgi.broker.Broker.hold`)."""
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold | None:
+        """What a stream held by a GRIP proxy starts with (see :meth:`~sse_wsgi.broker.Broker.hold`).
+
+        ``None`` when the set of channels cannot be held (one of them is part
+        of :data:`~sse_wsgi.broker.MAX_HELD_SETS` held sets already): the
+        middleware then serves the stream itself.
+        """
         if self._closed:
             raise PublisherClosed("this Publisher is closed")
         if self._proxies is None:

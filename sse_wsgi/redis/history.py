@@ -18,24 +18,20 @@ from typing import Any
 import redis
 import redis.cluster
 
-from ..broker import Message, Record
+from ..broker import IDEMPOTENCY_TTL, MAX_HELD_SETS, Message, Record
 from ..memory import new_epoch
 from .keys import ChannelKeys, channel_keys
 from .positions import NO_POSITION, Position, parse_token
 from .scripts import HOLD, PUBLISH, READ
 
-__all__ = ["REDIS_DOWN", "UNKNOWN", "Catchup", "CommandClient", "History", "Written", "parse_live"]
+__all__ = ["REDIS_ERRORS", "UNKNOWN", "Catchup", "CommandClient", "History", "Written", "parse_live"]
 
 CommandClient = redis.Redis | redis.cluster.RedisCluster
 
-#: What a Redis (or Redis Cluster) that is away, restarting or failing over raises.
-REDIS_DOWN = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ClusterError,
-    redis.exceptions.RedisClusterException,
-    redis.exceptions.TryAgainError,
-)
+#: What a Redis (or Redis Cluster) that is away, restarting, failing over, full or busy raises: a
+#: connection error, a timeout, or an error reply (``-BUSY``, ``-MOVED``, ``-OOM``, ``-NOPERM``, ...).
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
+
 
 TAGS = 1_000_000  # an event's tag is below this: a failover's lost event and its successor differ but once in a million
 
@@ -52,12 +48,14 @@ class Written:
     :param prev_id: the id of the channel's event before it (``0``: none), as its subscribers got it.
     :param prev: that event's position (``None``: none).
     :param held: the sets of several channels held by GRIP proxies on this channel.
+    :param repeated: True when a publish with the same idempotency key wrote it before (nothing was written now).
     """
 
     position: Position
     prev_id: str
     prev: Position | None
     held: list[tuple[str, ...]]
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,11 +96,21 @@ def parse_live(channel: str, text: str) -> Record:
 class History:
     """The channels' histories in one Redis (or Redis Cluster), under one key prefix."""
 
-    def __init__(self, client: CommandClient, *, prefix: str, history: int, ttl: float, sharded: bool) -> None:
+    def __init__(
+        self,
+        client: CommandClient,
+        *,
+        prefix: str,
+        history: int,
+        ttl: float,
+        sharded: bool,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.history = history
         self._ttl_ms = max(1, round(ttl * 1000))
+        self._idempotency_ms = max(1, round(idempotency_ttl * 1000))
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._atomic_reads = not sharded  # one server reads several channels in one transaction
         self._publish_script = client.register_script(PUBLISH)
@@ -111,37 +119,61 @@ class History:
         """The Redis names of *channel*."""
         return channel_keys(self.prefix, channel)
 
-    def publish(self, message: Message, *, held_sets: bool = False) -> list[Written]:
-        """Add *message* to each of its channels in turn; what it became in each.
+    def publish(
+        self, message: Message, idempotency_key: str, *, held_sets: bool = False, into: list[Written] | None = None
+    ) -> list[Written]:
+        """Add *message* to each of its channels in turn; what it became in each (appended to *into* as it goes).
 
-        With *held_sets*, each answer also lists the sets of several
-        channels that GRIP proxies hold on that channel.
+        A channel that took a publish with the same *idempotency_key*
+        within :data:`IDEMPOTENCY_TTL` seconds writes nothing again and
+        answers as it did then (so a retry, redis-py's own or the caller's,
+        never stores an event twice). With *held_sets*, each answer also
+        lists the sets of several channels that GRIP proxies hold on that
+        channel (at most :data:`MAX_HELD_SETS`).
         """
         payload = _payload(message)
-        written = []
+        written = [] if into is None else into
         for channel in message.channels:
             keys = self.keys(channel)
             tag = secrets.randbelow(TAGS)
             args: list[str | int] = [self.history, self._ttl_ms, new_epoch(), tag, payload, message.id or ""]
-            args += [self._publish_command, keys.live, channel, "1" if held_sets else "0"]
-            epoch, n, prev_id, prev_token, *held = self._publish_script(
-                keys=[keys.meta, keys.stream, keys.ids, keys.held], args=args
+            args += [self._publish_command, keys.live, channel, "1" if held_sets else "0", self._idempotency_ms]
+            args += [self._ttl_ms, MAX_HELD_SETS]
+            epoch, n, took_tag, prev_id, prev_token, repeated, *held = self._publish_script(
+                keys=[keys.meta, keys.stream, keys.ids, keys.held, keys.done + idempotency_key], args=args
             )
             sets = [tuple(json.loads(names)) for names in held]
-            written.append(Written(Position(str(epoch), int(n), tag), str(prev_id), parse_token(str(prev_token)), sets))
+            position = Position(str(epoch), int(n), int(took_tag))
+            written.append(Written(position, str(prev_id), parse_token(str(prev_token)), sets, repeated == "1"))
         return written
 
-    def hold(self, channels: Sequence[str], ttl: float) -> None:
-        """Register the set *channels* (several) as held by a GRIP proxy on each of them, for *ttl* seconds."""
+    def hold(self, channels: Sequence[str], ttl: float) -> bool:
+        """Register the set *channels* (several) as held by a GRIP proxy on each of them, for *ttl* seconds.
+
+        ``False``, registering nothing, when one of them already keeps
+        :data:`MAX_HELD_SETS` other sets.
+        """
         names = json.dumps(list(channels), separators=(",", ":"))
+        ttl_ms = max(1, round(ttl * 1000))
         pipe = self.client.pipeline(transaction=False)
         for channel in channels:
-            pipe.execute_command("EVAL", HOLD, 1, self.keys(channel).held, names, max(1, round(ttl * 1000)))
+            pipe.execute_command("EVAL", HOLD, 1, self.keys(channel).held, names, ttl_ms, MAX_HELD_SETS)
+        taken = pipe.execute()
+        if all(taken):
+            return True
+        pipe = self.client.pipeline(transaction=False)
+        for channel, took in zip(channels, taken, strict=True):
+            if took:
+                pipe.zrem(self.keys(channel).held, names)
         pipe.execute()
+        return False
 
-    def head(self, channel: str) -> Position | None:
-        """The position of *channel*'s last event; ``None`` when it has none."""
-        return self.read([(channel, None)], entries=False)[0].head
+    def heads(self, channels: Sequence[str]) -> list[tuple[str, Position | None]]:
+        """Each channel's epoch (``""``: none) and the position of its last event (``None``: none)."""
+        pipe = self.client.pipeline(transaction=False)
+        for channel in channels:
+            pipe.hmget(self.keys(channel).meta, "e", "p")
+        return [(epoch or "", parse_token(last or NO_POSITION)) for epoch, last in pipe.execute()]
 
     def span(self, channels: Sequence[str]) -> tuple[int, str | None, str | None]:
         """Events kept on *channels* in all, and the ids of the oldest and the newest of them (for ``stats()``)."""
@@ -198,8 +230,8 @@ class History:
         answers = pipe.execute()
         catchups: list[Catchup | None] = []
         again = []  # an id of another epoch: the whole history, read a second time from its start
-        for (channel, position), (epoch, kept, last) in zip(after, answers, strict=True):
-            catchup = self._catchup(channel, position, str(epoch), kept, last, rewind)
+        for (channel, position), (epoch, kept, last_token, last_id) in zip(after, answers, strict=True):
+            catchup = self._catchup(channel, position, str(epoch), kept, (str(last_token), str(last_id)), rewind)
             if catchup is None:
                 again.append(len(catchups))
             catchups.append(catchup)
@@ -209,21 +241,27 @@ class History:
         return catchups  # type: ignore[return-value]
 
     def _catchup(
-        self, channel: str, after: Position | None, epoch: str, kept: list[Any], last: list[Any], rewind: bool
+        self,
+        channel: str,
+        after: Position | None,
+        epoch: str,
+        kept: list[Any],
+        last: tuple[str, str],
+        rewind: bool,
     ) -> Catchup | None:
-        if not epoch:  # no such channel (never published, expired, or lost)
+        if not epoch:  # no such channel (never published, forgotten, or lost)
             return Catchup([], after is not None and after is not UNKNOWN, None)
-        head, head_id = None, NO_POSITION
-        if last:
-            _, record = self._entry(channel, epoch, last[0])
-            head, head_id = record.seq, record.id
+        head, head_id = parse_token(last[0]), last[1]
         if after is UNKNOWN:  # what this client has of the channel is unknown: resend nothing, say so
             return Catchup([], head is not None, head, head_id)
         if after is not None and after.epoch != epoch:
             return None
+        if after is not None and head is not None and after.n == head.n and after.tag in (head.tag, -1):
+            return Catchup([], False, head, head_id, head)  # at the head: nothing missed, even once the history expired
         records = [self._entry(channel, epoch, entry) for entry in kept]
         if after is None:
-            return Catchup(records, bool(records) and records[0][1].seq.n > 1, head, head_id)
+            lost = records[0][1].seq.n > 1 if records else head is not None
+            return Catchup(records, lost, head, head_id)
         if not records:  # the channel went back before *after*: a failover or a restart lost events
             return None if rewind and head is not None else Catchup([], True, head, head_id)
         first: Position = records[0][1].seq

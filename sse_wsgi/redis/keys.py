@@ -24,6 +24,7 @@ class ChannelKeys(NamedTuple):
     ids: str  # sorted set: the caller's own ids, scored by their number
     live: str  # pub/sub channel: "<token> <payload>" per event
     held: str  # sorted set: the sets of several channels held by GRIP proxies that include it, by expiry
+    done: str  # the prefix of its publishes' idempotency keys (string: the answer the publish got)
 
 
 def check_prefix(prefix: object) -> str:
@@ -39,4 +40,4 @@ def channel_keys(prefix: str, channel: str) -> ChannelKeys:
     """The names of *channel* under *prefix*."""
     tag = hashlib.blake2b(f"{prefix}\0{channel}".encode(), digest_size=8).hexdigest()
     base = f"{prefix}:{{{tag}}}"
-    return ChannelKeys(f"{base}:m", f"{base}:h", f"{base}:i", f"{base}:live", f"{base}:g")
+    return ChannelKeys(f"{base}:m", f"{base}:h", f"{base}:i", f"{base}:live", f"{base}:g", f"{base}:d:")

@@ -22,9 +22,20 @@ from typing import NamedTuple
 
 from ..broker import Record
 
-__all__ = ["NO_POSITION", "ChannelCursor", "Position", "ids_of", "parse_id", "parse_token", "token", "wire_id"]
+__all__ = [
+    "NO_POSITION",
+    "ChannelCursor",
+    "Position",
+    "ids_of",
+    "parse_id",
+    "parse_token",
+    "parse_tokens",
+    "token",
+    "wire_id",
+]
 
 NO_POSITION = "0"
+MAX_TOKENS = 1000  # positions one id may name
 _TOKEN = re.compile(r"([0-9a-f]{8})-([0-9]{1,19})-([0-9]{1,10})")
 
 
@@ -71,6 +82,17 @@ def parse_id(text: str, count: int) -> list[Position | None] | None:
     """The *count* positions an id names; ``None`` when it is not such an id."""
     parts = text.split("_")
     if len(parts) != count:
+        return None
+    try:
+        return [parse_token(part) for part in parts]
+    except ValueError:
+        return None
+
+
+def parse_tokens(text: str) -> list[Position | None] | None:
+    """The positions of an id of any number of channels (at most :data:`MAX_TOKENS`); ``None`` when not such an id."""
+    parts = text.split("_", MAX_TOKENS)
+    if len(parts) > MAX_TOKENS:
         return None
     try:
         return [parse_token(part) for part in parts]

@@ -29,7 +29,11 @@ class _Receiving:
         self.connection_class: type[redis.Connection] = parsed.pop("connection_class", redis.Connection)
         self.kwargs = {name: value for name, value in parsed.items() if name not in ("host", "port", "db")}
         self.kwargs.update(
-            decode_responses=True, protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            decode_responses=True,
+            protocol=2,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            socket_keepalive=True,  # beside the receiver's own PING: the kernel drops a peer that vanished
         )
         self.default_host = parsed.get("host", "localhost")
         self.default_port = parsed.get("port", 6379)
@@ -93,7 +97,12 @@ def connect(url: str, *, socket_timeout: float) -> Topology:
 
     Raises redis-py's connection errors when the server cannot be reached.
     """
-    options = {"decode_responses": True, "socket_connect_timeout": socket_timeout, "socket_timeout": socket_timeout}
+    options = {
+        "decode_responses": True,
+        "socket_connect_timeout": socket_timeout,
+        "socket_timeout": socket_timeout,
+        "socket_keepalive": True,
+    }
     receiving = _Receiving(url, socket_timeout)
     client = redis.Redis.from_url(url, **options)
     try:
