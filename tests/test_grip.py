@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from werkzeug.test import Client
 
 from sse_wsgi import HISTORY_LOST_EVENT, Publisher, SSEMiddleware
-from sse_wsgi.broker import Message
+from sse_wsgi.broker import MAX_HELD_SETS, Message
 from sse_wsgi.grip import GripProxy, held_channel, parse_grip, parse_grip_last, verify_grip_sig
 from sse_wsgi.testing import EventStreamParser
 
@@ -166,6 +166,26 @@ def test_several_channels_are_held_as_one_proxy_channel(client: Client, publishe
     by_channel = {item.channels: item for item in items}
     assert sorted(by_channel) == [("a",), ("a", "b"), ("c",)]  # the held set gets it once
     assert all(item.id == event_id for item in items)
+
+
+def test_a_publish_to_a_channel_in_many_held_sets_costs_a_bounded_number_of_items(
+    client: Client, publisher: Publisher
+) -> None:
+    """Each of many users holds ``[user:i, news]``: a publish to ``news`` makes at most MAX_HELD_SETS + 1 items.
+
+    A set beyond the bound is not held: the app serves that stream itself, with every promise of a stream.
+    """
+    held = [publisher.hold([f"user:{n}", "news"], None) for n in range(MAX_HELD_SETS + 50)]
+    assert all(h is not None for h in held[:MAX_HELD_SETS]) and all(h is None for h in held[MAX_HELD_SETS:])
+    assert publisher.hold(["user:0", "news"], None) is not None  # a registered set is renewed, never refused
+    _, items = publisher.broker.publish_for_proxies(Message(("news",), "x"))
+    assert len(items) == MAX_HELD_SETS + 1  # one for the channel, one per registered set
+    response = client.get(f"/events?channel=news&channel=user:{MAX_HELD_SETS + 1}", headers={"Grip-Sig": grip_sig()})
+    assert hold_headers(response) == {}  # not held: streamed by the app
+    assert next(response.response).startswith(b": stream open")
+    assert publisher.subscription_count == 1
+    response.close()
+    assert publisher.subscription_count == 0
 
 
 # -- recovery ----------------------------------------------------------------------------------------

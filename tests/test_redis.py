@@ -487,6 +487,25 @@ def test_grip_items_on_redis_chain_per_channel_and_reach_a_held_set_once(redis_s
         assert (single.replay, single.id) == (None, token_a)
 
 
+def test_a_channel_in_many_held_sets_costs_a_publish_a_bounded_number_of_items_on_redis(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """``[user:i, news]`` held for many users: a publish to ``news`` makes at most MAX_HELD_SETS + 1 proxy items."""
+    from sse_wsgi.broker import MAX_HELD_SETS, Message
+
+    with Publisher.from_url(redis_server.url, grip="http://127.0.0.1:9?key=k") as publisher:
+        held = [publisher.hold([f"user:{n}", "news"], None) for n in range(MAX_HELD_SETS + 20)]
+        assert all(h is not None for h in held[:MAX_HELD_SETS]) and all(h is None for h in held[MAX_HELD_SETS:])
+        assert publisher.hold(["news", "user:0"], None) is not None  # renewed, never refused
+        event_id, items = publisher.broker.publish_for_proxies(Message(("news",), "x"))
+        assert len(items) == MAX_HELD_SETS + 1
+        assert {item.channels for item in items[1:]} == {("news", f"user:{n}") for n in range(MAX_HELD_SETS)}
+        refused = ("news", f"user:{MAX_HELD_SETS}")
+        assert publisher.hold(list(refused), None) is None  # and it left no registration behind on user:N
+        _, items = publisher.broker.publish_for_proxies(Message((refused[1],), "y"))
+        assert [item.channels for item in items] == [(refused[1],)]
+
+
 def test_a_resume_from_a_caller_id_gives_ids_that_resume_again(publishers: list[Publisher]) -> None:
     """The id a stream resumed from a caller's own id gives out next names exact positions on every channel."""
     here, there = publishers
