@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sse_wsgi import HISTORY_LOST_EVENT, BrokerUnavailable, PublishOutcomeUnknown, Publisher, Subscription
+from sse_wsgi import HISTORY_LOST_EVENT, BrokerUnavailable, Publisher, PublishOutcomeUnknown, Subscription
 from sse_wsgi.redis import RedisBroker
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
 from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
@@ -497,7 +497,7 @@ def test_a_channel_in_many_held_sets_costs_a_publish_a_bounded_number_of_items_o
         held = [publisher.hold([f"user:{n}", "news"], None) for n in range(MAX_HELD_SETS + 20)]
         assert all(h is not None for h in held[:MAX_HELD_SETS]) and all(h is None for h in held[MAX_HELD_SETS:])
         assert publisher.hold(["news", "user:0"], None) is not None  # renewed, never refused
-        event_id, items = publisher.broker.publish_for_proxies(Message(("news",), "x"))
+        _, items = publisher.broker.publish_for_proxies(Message(("news",), "x"))
         assert len(items) == MAX_HELD_SETS + 1
         assert {item.channels for item in items[1:]} == {("news", f"user:{n}") for n in range(MAX_HELD_SETS)}
         refused = ("news", f"user:{MAX_HELD_SETS}")
