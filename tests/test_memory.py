@@ -130,3 +130,25 @@ def test_stats() -> None:
         "broker": "memory", "epoch": broker.epoch, "history_size": 2, "history_per_channel": 10,
         "history_total": 100_000, "channels_kept": 2, "first_id": first, "last_id": last,
     }  # fmt: skip
+
+
+def test_an_idempotency_key_publishes_once_within_its_window() -> None:
+    broker = MemoryBroker()
+    delivered = started(broker)
+    first = broker.publish(Message(("c",), "x", idempotency_key="k"))
+    again = broker.publish(Message(("c",), "x", idempotency_key="k"))
+    other = broker.publish(Message(("c",), "y", idempotency_key="other"))
+    assert again == first != other
+    assert [r.data for r in delivered] == ["x", "y"]
+    assert broker.stats()["history_size"] == 2
+
+
+def test_a_loss_with_nothing_after_it_names_where_the_stream_goes_on() -> None:
+    broker = MemoryBroker(history=0)
+    old = publish(broker, "old", "c")
+    publish(broker, "forgotten", "c")
+    replay = broker.replay(("c",), old)
+    assert replay is not None and replay.lost and not replay.items
+    assert replay.resume_id is not None
+    again = broker.replay(("c",), replay.resume_id)
+    assert again is not None and not again.lost  # resuming from it is told of nothing again

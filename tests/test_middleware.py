@@ -10,7 +10,7 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from sse_wsgi import HISTORY_LOST_EVENT, Publisher, SSEMiddleware
-from sse_wsgi._http import DEFAULT_RETRY_MS, HOP_BY_HOP, OPENING_CHUNK
+from sse_wsgi._http import DEFAULT_RETRY_MS, HOP_BY_HOP, OPENING_CHUNK, last_event_id
 from sse_wsgi.testing import EventStreamParser, parse_events, read_events
 
 
@@ -404,3 +404,24 @@ def test_path_form_with_a_bad_query_string_gets_400(app: SSEMiddleware, publishe
         assert answer.code == 400
         assert b"not valid UTF-8" in answer.first
     assert publisher.subscription_count == 0
+
+
+def test_a_long_last_event_id_is_taken_up_to_64_characters_per_channel() -> None:
+    query = [("lastEventId", "q")]
+    assert last_event_id("a" * 256, query) == "a" * 256
+    assert last_event_id("a" * 257, query) is None  # one channel: 256 at most
+    assert last_event_id("a" * 2048, query, channels=32) == "a" * 2048
+    assert last_event_id("a" * 2049, query, channels=32) is None
+
+
+def test_a_loss_notice_with_nothing_after_it_carries_the_id_to_resume_from(publisher: Publisher) -> None:
+    app = SSEMiddleware(inner_app, Publisher(history=0))
+    first = app.publisher.publish("e1")
+    app.publisher.publish("e2")
+    [notice] = read_events(app, "/events", 1, headers={"Last-Event-ID": first})
+    assert notice.type == HISTORY_LOST_EVENT and notice.last_event_id
+    events = read_events(
+        app, "/events", 1, headers={"Last-Event-ID": notice.last_event_id}, publish=lambda p: p.publish("new")
+    )
+    assert [(e.type, e.data) for e in events] == [("message", "new")]  # no second alarm
+    app.publisher.close()
