@@ -168,7 +168,14 @@ class Publisher:
 
     @classmethod
     def from_url(
-        cls, url: str, *, history: int = 1000, history_ttl: float | None = None, key: str = "sse_wsgi", **kwargs: Any
+        cls,
+        url: str,
+        *,
+        history: int = 1000,
+        history_ttl: float | None = None,
+        key: str = "sse_wsgi",
+        health_check: float | None = None,
+        **kwargs: Any,
     ) -> Publisher:
         """A publisher on the Redis server at *url* (``redis://host:6379/0``), or on its Redis Cluster.
 
@@ -178,15 +185,21 @@ class Publisher:
         :param key: the prefix of every Redis key this publisher uses: apps
             that share one Redis database with different keys never see each
             other's events.
+        :param health_check: seconds without a byte from a Redis node before
+            this process's receiving connection to it counts as dead and is
+            replaced (15 by default): the bound on noticing a frozen host, a
+            partition or a relay that went silent.
 
         When the server at *url* is a node of a Redis Cluster, the publisher
         uses the whole cluster. Needs the ``sse-wsgi[redis]`` extra. Other
         keyword arguments go to :class:`Publisher`.
         """
         from .redis import DEFAULT_TTL, RedisBroker
+        from .redis.receiver import DEFAULT_HEALTH_CHECK
 
         ttl = DEFAULT_TTL if history_ttl is None else history_ttl
-        return cls(RedisBroker.from_url(url, history=history, ttl=ttl, key=key), **kwargs)
+        check = DEFAULT_HEALTH_CHECK if health_check is None else health_check
+        return cls(RedisBroker.from_url(url, history=history, ttl=ttl, key=key, health_check=check), **kwargs)
 
     @property
     def grip_keys(self) -> list[bytes]:
