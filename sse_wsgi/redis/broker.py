@@ -224,8 +224,7 @@ class RedisBroker:
                 primaries.setdefault(names, channel)
         others = sorted({name for names in primaries for name in names if name not in written})
         try:
-            read = self._history.read([(name, None) for name in others], entries=False)
-            heads = {name: catchup.head for name, catchup in zip(others, read, strict=True)}
+            heads = {name: head for name, (_, head) in zip(others, self._history.heads(others), strict=True)}
         except REDIS_ERRORS as error:
             logger.warning("cannot read the heads of held sets (%s): the proxy will ask for what it missed", error)
             heads = {}
