@@ -40,7 +40,8 @@ def measure(publisher: Publisher, sets: int, publishes: int) -> dict[str, Any]:
         _, made = publisher.broker.publish_for_proxies(Message(("news",), "x"))
         times.append(time.perf_counter() - started)
         items = len(made)
-    return {"sets_held": held, "items_per_publish": items, "publish_ms_median": round(statistics.median(times) * 1e3, 3)}
+    median_ms = round(statistics.median(times) * 1e3, 3)
+    return {"sets_held": held, "items_per_publish": items, "publish_ms_median": median_ms}
 
 
 def main(argv: list[str] | None = None) -> int:
