@@ -94,4 +94,5 @@ app = SSEMiddleware(flask_app, authorize=authorize, heartbeat=15)
 if __name__ == "__main__":
     from werkzeug.serving import run_simple
 
-    run_simple("localhost", int(sys.argv[1]) if len(sys.argv) > 1 else 5000, app, threaded=True)
+    port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PORT", "5000"))
+    run_simple("localhost", port, app, threaded=True)  # a thread per open stream
