@@ -113,3 +113,10 @@ def test_the_readme_gives_the_two_commands_ci_runs() -> None:
     assert TEST_COMMAND in readme.splitlines()
     command = last_command(CI_RUN.read_text(encoding="utf-8")).removeprefix("exec ")
     assert command.split()[0] == "tox", f".ci/run ends with {command!r}, not with tox"
+
+
+def test_the_architecture_page_names_every_module_of_the_package_and_no_other() -> None:
+    """docs/architecture.md's module table is the package as it is: a module added or moved must be described."""
+    named = set(re.findall(r"^\| `(sse_wsgi/[\w/]+\.py)` \|", (DOCS / "architecture.md").read_text(), re.M))
+    present = {path.relative_to(ROOT).as_posix() for path in (ROOT / "sse_wsgi").rglob("*.py")}
+    assert named == present, f"not described: {sorted(present - named)}; gone: {sorted(named - present)}"
