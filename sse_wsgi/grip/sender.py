@@ -18,9 +18,9 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._process import ProcessLock, fork_generation
-from .broker import ProxyItem
-from .grip import GripProxy, held_channel
+from .._process import ProcessLock, fork_generation
+from ..broker import ProxyItem
+from .protocol import GripProxy, held_channel
 
 __all__ = ["ProxySenders"]
 
