@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .errors import BrokerUnavailable, PublisherClosed, PublishOutcomeUnknown
-from .event import Event
+from .event import HISTORY_LOST_EVENT, Event
 from .middleware import SSEMiddleware
-from .publisher import DEFAULT_CHANNEL, HISTORY_LOST_EVENT, Publisher, Subscription
+from .publisher import DEFAULT_CHANNEL, Publisher
+from .subscription import Subscription
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -16,12 +17,14 @@ __all__ = [
     "HOP_BY_HOP",
     "OPENING_CHUNK",
     "STREAM_HEADERS",
+    "UNAVAILABLE_RETRY_MS",
     "BadRequest",
     "check_channel_name",
     "decode_wsgi_text",
     "last_event_id",
     "opening_event",
     "query_params",
+    "retry_hint",
     "text_answer",
 ]
 
@@ -68,6 +71,20 @@ def opening_event(retry: int | None = None) -> Event:
 
 
 OPENING_CHUNK = opening_event().encode()
+
+
+#: A stream that the broker cannot set up now (Redis unreachable for a channel
+#: this process does not follow yet) is told to come back in a few seconds (ms).
+UNAVAILABLE_RETRY_MS = (1_000, 5_000)
+
+
+def retry_hint(start_response: StartResponse, headers: list[tuple[str, str]], span: tuple[int, int]) -> list[bytes]:
+    """A stream that carries only a ``retry:`` hint, random within *span* milliseconds, then ends.
+
+    The browser comes back after it, where a non-200 answer would stop it for good.
+    """
+    start_response("200 OK", headers)
+    return [Event(retry=random.randint(*span)).encode()]
 
 
 def text_answer(

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-__all__ = ["ProcessLock", "fork_generation"]
+T = TypeVar("T")
+
+__all__ = ["PerProcess", "ProcessLock", "fork_generation"]
 
 _generation = 0
 _guard = threading.Lock()  # held only while a lock is made: never across a switch
@@ -33,6 +36,40 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def fork_generation() -> int:
     """A number that changes in a child process after each fork: compare it to tell "made before the fork"."""
     return _generation
+
+
+class PerProcess(Generic[T]):
+    """A resource made by *make* at first use in each process: made again in a child after a fork.
+
+    The one fork guard of the package: a broker's start, the Redis receiver,
+    a proxy's sender thread and the ticker's thread are each one of these,
+    so a publisher made before a fork starts them anew in every worker.
+    """
+
+    __slots__ = ("_generation", "_lock", "_make", "_value")
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._generation = -1
+        self._lock = ProcessLock()
+
+    def get(self) -> T:
+        """The resource of this process, made now if it has none."""
+        if self._generation != _generation:
+            with self._lock:
+                if self._generation != _generation:
+                    self._value = self._make()
+                    self._generation = _generation
+        return self._value  # type: ignore[return-value]
+
+    def here(self) -> T | None:
+        """The resource of this process if it was made here, else ``None`` (makes nothing)."""
+        return self._value if self._generation == _generation else None
+
+    def forget(self) -> None:
+        """Make it again at the next :meth:`get` (the resource ended)."""
+        self._generation = -1
 
 
 class ProcessLock:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Protocol
 
-from ._process import ProcessLock, fork_generation
+from ._process import PerProcess, ProcessLock
 
 __all__ = ["Ticker"]
 
@@ -42,13 +42,9 @@ class Ticker:
 
     def __init__(self, name: str = "sse-wsgi-ticker") -> None:
         self._name = name
-        self._streams: dict[Timed, float] = {}  # stream -> its check interval
         self._lock = ProcessLock()
-        self._interval = MAX_INTERVAL
         self._closed = False
-        self._poke: threading.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._generation = fork_generation()
+        self._here = PerProcess(_Run)  # a thread of the parent process does not run in a child
 
     def add(self, stream: Timed, period: float) -> None:
         """Watch *stream*, which needs waking about every *period* seconds."""
@@ -56,20 +52,17 @@ class Ticker:
         with self._lock:
             if self._closed:
                 return
-            if self._generation != fork_generation():  # a thread of the parent process does not run here
-                self._generation = fork_generation()
-                self._streams.clear()
-                self._thread = self._poke = None
-            self._streams[stream] = interval
-            poke = self._poke
-            sooner = interval < self._interval
+            run = self._here.get()
+            run.streams[stream] = interval
+            poke = run.poke
+            sooner = interval < run.interval
             if sooner:
-                self._interval = interval
-            if self._thread is None:
+                run.interval = interval
+            if run.thread is None:
                 # Made with the thread, so that an app imported before monkey-patching
                 # (gunicorn --preload) still gets a cooperative event.
-                poke = self._poke = threading.Event()
-                thread = self._thread = threading.Thread(target=self._run, args=(poke,), name=self._name, daemon=True)
+                poke = run.poke = threading.Event()
+                thread = run.thread = threading.Thread(target=self._run, args=(run, poke), name=self._name, daemon=True)
             else:
                 thread = None
         if thread is not None:
@@ -80,37 +73,38 @@ class Ticker:
     def discard(self, stream: Timed) -> None:
         """Stop watching *stream*."""
         with self._lock:
-            self._streams.pop(stream, None)
+            self._here.get().streams.pop(stream, None)
 
     def clear(self) -> None:
         """Stop watching every stream."""
         with self._lock:
-            self._streams.clear()
+            self._here.get().streams.clear()
 
     def close(self) -> None:
         """Stop the thread and wait for it (bounded)."""
         with self._lock:
             self._closed = True
-            self._streams.clear()
-            thread, poke = self._thread, self._poke
+            run = self._here.get()
+            run.streams.clear()
+            thread, poke = run.thread, run.poke
         if poke is not None:
             poke.set()
         if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(_JOIN_TIMEOUT)
 
-    def _run(self, poke: threading.Event) -> None:
+    def _run(self, run: _Run, poke: threading.Event) -> None:
         while True:
-            poke.wait(self._interval)
+            poke.wait(run.interval)
             poke.clear()
             with self._lock:
-                if self._closed or not self._streams or self._poke is not poke:
-                    if self._poke is poke:
-                        self._thread = self._poke = None  # the next stream starts a new thread
-                        self._interval = MAX_INTERVAL
+                if self._closed or not run.streams or run.poke is not poke:
+                    if run.poke is poke:
+                        run.thread = run.poke = None  # the next stream starts a new thread
+                        run.interval = MAX_INTERVAL
                     return
-                streams = list(self._streams)
+                streams = list(run.streams)
                 # The streams registered now set the pace: a short period that left no longer does.
-                self._interval = min(self._streams.values())
+                run.interval = min(run.streams.values())
             try:
                 self._wake_due(streams, time.monotonic())
             except Exception:  # a logged boundary: the ticker must outlive one bad stream
@@ -121,3 +115,15 @@ class Ticker:
         for stream in streams:
             if stream.is_due(now):
                 stream.wake_up()
+
+
+class _Run:
+    """What the ticker has in one process: the streams it watches, its thread and the event that wakes it."""
+
+    __slots__ = ("interval", "poke", "streams", "thread")
+
+    def __init__(self) -> None:
+        self.streams: dict[Timed, float] = {}  # stream -> its check interval
+        self.interval = MAX_INTERVAL
+        self.poke: threading.Event | None = None
+        self.thread: threading.Thread | None = None

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from .event import Event
+from .event import Event, history_lost_chunk
 
 #: Seconds a set of several channels held by a GRIP proxy stays registered after
 #: its last hold or recovery request (the proxy asks again at least every minute).
@@ -47,6 +47,7 @@ __all__ = [
     "Broker",
     "Cursor",
     "Deliver",
+    "GripBroker",
     "Hold",
     "Lost",
     "Message",
@@ -154,6 +155,27 @@ class Replay:
         """The replayed records, in order."""
         return [record for record, _ in self.items]
 
+    def chunks(
+        self, after: str | None, encode: Callable[[Record, str], bytes | None] | None = None
+    ) -> tuple[list[bytes], str | None]:
+        """The replay as stream chunks, and the id of the last event in them (else *after*).
+
+        The loss event comes first where it applies (with :attr:`resume_id`
+        when nothing follows it, so that it is not repeated at the next
+        reconnect); each record is encoded by *encode* (per-subscriber data;
+        ``None`` from it: that subscriber skips the record), else with its id.
+        """
+        chunks = []
+        if self.lost:
+            chunks.append(history_lost_chunk(after, self.oldest_id, None if self.items else self.resume_id))
+        last_id = after
+        for record, wire_id in self.items:
+            chunk = record.encode_with_id(wire_id) if encode is None else encode(record, wire_id)
+            if chunk is not None:
+                chunks.append(chunk)
+                last_id = wire_id
+        return chunks, last_id
+
 
 @dataclass(frozen=True)
 class ProxyItem:
@@ -193,8 +215,9 @@ Deliver = Callable[[Record], None]
 Lost = Callable[[str | None, str | None], None]
 
 
+@runtime_checkable
 class Broker(Protocol):
-    """The interface a broker offers to :class:`~sse_wsgi.Publisher`."""
+    """The interface a broker offers to :class:`~sse_wsgi.Publisher` (checked with ``isinstance``)."""
 
     #: True when events cross processes: callable data is refused then.
     cross_process: bool
@@ -231,6 +254,17 @@ class Broker(Protocol):
     def replay(self, channels: Sequence[str], last_event_id: str) -> Replay | None:
         """Records on *channels* after *last_event_id*; ``None`` when that id is malformed."""
 
+    def stats(self) -> dict[str, Any]:
+        """Plain-dict figures about the history and the connection."""
+
+    def close(self) -> None:
+        """Stop delivering and release resources."""
+
+
+@runtime_checkable
+class GripBroker(Broker, Protocol):
+    """A broker that can also feed GRIP proxies (``Publisher(grip=...)`` needs one)."""
+
     def publish_for_proxies(self, message: Message) -> tuple[str, list[ProxyItem]]:
         """Publish *message* as :meth:`publish` does; also what each set of channels held by a proxy gets.
 
@@ -248,9 +282,3 @@ class Broker(Protocol):
         publish costs the proxy a bounded number of items); the app then
         serves that stream itself.
         """
-
-    def stats(self) -> dict[str, Any]:
-        """Plain-dict figures about the history and the connection."""
-
-    def close(self) -> None:
-        """Stop delivering and release resources."""

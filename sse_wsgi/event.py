@@ -7,7 +7,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HEARTBEAT", "Event", "Serializer", "json_serializer", "split_lines"]
+__all__ = [
+    "HEARTBEAT",
+    "HISTORY_LOST_EVENT",
+    "Event",
+    "Serializer",
+    "history_lost_chunk",
+    "json_serializer",
+    "split_lines",
+]
 
 Serializer = Callable[[Any], str]
 
@@ -137,3 +145,20 @@ class Event:
 
 #: The comment an idle stream sends every ``heartbeat`` seconds.
 HEARTBEAT = Event(comment="keep-alive").encode()
+
+#: The event type a subscriber gets where events it should have had are gone
+#: (its ``Last-Event-ID`` is older than the history, or this process could not
+#: receive them). Its data is JSON: ``{"last_event_id": "<the id it had>",
+#: "oldest_id": "<the oldest kept, or null>"}``.
+HISTORY_LOST_EVENT = "history-lost"
+
+
+def history_lost_chunk(last_event_id: str | None, oldest_id: str | None, resume_id: str | None = None) -> bytes:
+    """The encoded :data:`HISTORY_LOST_EVENT`: events after *last_event_id* are gone, *oldest_id* is the oldest kept.
+
+    With *resume_id* (when nothing follows it in a replay), the event carries
+    that id: the position the stream goes on from, so that the browser's next
+    reconnect resumes there and is not told of the same loss again.
+    """
+    lost = {"last_event_id": last_event_id, "oldest_id": oldest_id}
+    return Event(json.dumps(lost), event=HISTORY_LOST_EVENT, id=resume_id).encode()

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from ._process import ProcessLock, fork_generation
+from ._process import PerProcess, ProcessLock
 from ._validate import check_count
 from .broker import (
     HELD_SET_TTL,
@@ -110,11 +110,11 @@ class MemoryBroker:
         self.history_total = history_total
         self._lock = ProcessLock()
         self._deliver: Deliver | None = None
-        self._renew()
+        self._life = PerProcess(self._renew)
+        self._life.get()
 
-    def _renew(self) -> None:
+    def _renew(self) -> bool:
         """Start a new life: a new epoch, nothing kept (at creation, and in a forked child)."""
-        self._generation = fork_generation()
         self._epoch = new_epoch()
         self._seq = 0
         self._channels: dict[str, _Channel] = {}
@@ -125,10 +125,10 @@ class MemoryBroker:
         self._held_by_channel: dict[str, set[tuple[str, ...]]] = {}
         self._forgotten_through = 0  # the highest seq evicted from a channel whose state is gone
         self._published_keys: OrderedDict[str, tuple[float, str]] = OrderedDict()  # idempotency key -> (until, id)
+        return True
 
     def _check_fork(self) -> None:
-        if self._generation != fork_generation():
-            self._renew()
+        self._life.get()
 
     @property
     def epoch(self) -> str:

@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode, urlsplit
 
 from ._http import (
     STREAM_HEADERS,
+    UNAVAILABLE_RETRY_MS,
     BadRequest,
     check_channel_name,
     decode_wsgi_text,
     last_event_id,
     opening_event,
     query_params,
+    retry_hint,
     text_answer,
 )
 from ._servers import disconnect_probe, warn_if_not_concurrent
 from ._validate import check_count, check_seconds
-from .broker import Replay
-from .errors import BrokerUnavailable, PublisherClosed
-from .event import Event, check_retry
-from .grip import (
-    grip_channel_header,
-    held_channel,
-    keep_alive_header,
-    link_signature,
-    parse_grip_last,
-    verify_grip_sig,
-)
-from .publisher import DEFAULT_CHANNEL, Publisher, history_lost_chunk
+from .cors import ALLOW, CorsPolicy
+from .errors import BrokerUnavailable
+from .event import check_retry
+from .grip import GripResponder
+from .publisher import DEFAULT_CHANNEL, Publisher
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -41,28 +33,12 @@ __all__ = ["SSEMiddleware"]
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_METHODS = "GET, HEAD, OPTIONS"
-_ALLOW = ("Allow", ALLOWED_METHODS)
-_PREFLIGHT_HEADERS = "Accept, Authorization, Cache-Control, Last-Event-ID, X-Requested-With"
-_PREFLIGHT_MAX_AGE = "600"  # seconds
 # A stream refused by max_subscribers tells the browser to come back after a
 # random delay in this range (milliseconds), so refused clients spread out.
 _SHED_RETRY_MS = (5_000, 15_000)
 # A stream asked of a draining process (one that is stopping) is told to come
 # back soon: the browser reconnects to another process.
 _DRAIN_RETRY_MS = (250, 2_000)
-# A stream that the broker cannot set up now (Redis unreachable for a channel
-# this process does not follow yet) is told to come back in a few seconds.
-_UNAVAILABLE_RETRY_MS = (1_000, 5_000)
-# A GRIP proxy fetches a held stream's recovery link this often (seconds) even
-# when it missed nothing: that renews the registration of a held set of channels.
-_RECOVERY_EVERY = 60
-
-
-def _retry_hint(start_response: StartResponse, headers: list[tuple[str, str]], span: tuple[int, int]) -> list[bytes]:
-    """A stream that carries only a ``retry:`` hint, random within *span* milliseconds, then ends."""
-    start_response("200 OK", headers)
-    return [Event(retry=random.randint(*span)).encode()]
 
 
 class SSEMiddleware:
@@ -128,11 +104,13 @@ class SSEMiddleware:
         self.properties = properties
         self.heartbeat = heartbeat
         self.retry = retry
-        self.cors_origins = _normalize_origins(cors_origins)
+        self._cors = CorsPolicy(cors_origins)
+        self.cors_origins = self._cors.origins
         self.max_channels = max_channels
         self.max_subscribers = max_subscribers
         self.max_lifetime = max_lifetime
         self._opening = opening_event(retry)
+        self._grip = GripResponder(self.publisher, heartbeat, self._opening.encode())
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ["sse.publisher"] = self.publisher
@@ -140,16 +118,14 @@ class SSEMiddleware:
         if target is None:
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET")
-        cors = self._cors_headers(environ)
+        cors = self._cors.headers(environ)
         if method == "OPTIONS":
-            return self._preflight(environ, start_response, cors)
+            return self._cors.preflight(environ, start_response, cors)
         answer_cors = cors or []  # an origin that may not subscribe gets no CORS header
         if method not in ("GET", "HEAD"):
-            return text_answer(start_response, "405 Method Not Allowed", "Method not allowed\n", [_ALLOW, *answer_cors])
-        keys = self.publisher.grip_keys
-        proxied = bool(keys) and verify_grip_sig(environ.get("HTTP_GRIP_SIG"), keys)
+            return text_answer(start_response, "405 Method Not Allowed", "Method not allowed\n", [ALLOW, *answer_cors])
         if "HTTP_GRIP_LAST" in environ:  # a proxy asks what followed the last event it delivered
-            return self._recover(environ, start_response, target, proxied)
+            return self._recover(environ, start_response, target)
         try:
             query = query_params(environ.get("QUERY_STRING", ""))
             channels = self._channels(target, query)
@@ -165,15 +141,16 @@ class SSEMiddleware:
         if method == "HEAD":
             start_response("200 OK", headers)
             return []
-        if proxied:
-            held = self._hold(environ, start_response, target, channels, query, headers)
+        if self._grip.proxied(environ):
+            resume_after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query, len(channels))
+            held = self._grip.hold(environ, start_response, target[0], channels, resume_after, headers)
             if held is not None:
                 return held
         if self.publisher.draining:
-            return _retry_hint(start_response, headers, _DRAIN_RETRY_MS)
+            return retry_hint(start_response, headers, _DRAIN_RETRY_MS)
         if self.max_subscribers is not None and self.publisher.subscription_count >= self.max_subscribers:
             self.publisher.count_refused_stream()
-            return _retry_hint(start_response, headers, _SHED_RETRY_MS)
+            return retry_hint(start_response, headers, _SHED_RETRY_MS)
         return self._stream(environ, start_response, channels, query, headers)
 
     def _stream(
@@ -198,95 +175,21 @@ class SSEMiddleware:
             )
         except BrokerUnavailable as error:  # the browser comes back later: a non-200 answer would stop it for good
             logger.warning("stream refused for now: %s", error)
-            return _retry_hint(start_response, headers, _UNAVAILABLE_RETRY_MS)
+            return retry_hint(start_response, headers, UNAVAILABLE_RETRY_MS)
         start_response("200 OK", headers)
         return subscription
 
-    def _hold(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        target: tuple[str, str | None],
-        channels: tuple[str, ...],
-        query: list[tuple[str, str]],
-        headers: list[tuple[str, str]],
-    ) -> Iterable[bytes] | None:
-        """Let the GRIP proxy hold this stream: answer at once with its start and what to follow.
-
-        ``None`` when the set of channels cannot be held (too many held sets
-        share one of them): the app then serves the stream itself.
-        """
-        resume_after = last_event_id(environ.get("HTTP_LAST_EVENT_ID"), query, len(channels))
-        try:
-            hold = self.publisher.hold(channels, resume_after)
-        except BrokerUnavailable as error:  # not held: the body ends, and the browser comes back
-            logger.warning("stream not held for now: %s", error)
-            return _retry_hint(start_response, headers, _UNAVAILABLE_RETRY_MS)
-        if hold is None:
-            logger.warning("too many held sets share one of %s: the app serves this stream itself", list(channels))
-            return None
-        start_response("200 OK", headers + self._grip_headers(environ, target, channels, hold.id))
-        return [self._opening.encode(), *self._held_body(hold.replay, resume_after)]
-
     def _recover(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        target: tuple[str, str | None],
-        proxied: bool,
+        self, environ: WSGIEnvironment, start_response: StartResponse, target: tuple[str, str | None]
     ) -> Iterable[bytes]:
-        """Answer a proxy's recovery request: what followed the last id it delivered, and the hold again.
-
-        Trusted on the proxy's signature and the link this app signed, never on
-        ``authorize``: the proxy sends no cookies with it.
-        """
-        if not proxied:
-            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
+        """Hand a proxy's recovery request to the GRIP responder, with the channels its link names."""
+        channels: tuple[str, ...] | None
         try:
             query = query_params(environ.get("QUERY_STRING", ""))
             channels = self._channels(target, query)
         except BadRequest:
-            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
-        signature = dict(query).get("grip_link", "").encode()  # bytes: any text compares, none raises
-        expected = link_signature(self.publisher.grip_keys, channels).encode()
-        last = parse_grip_last(environ["HTTP_GRIP_LAST"]).get(held_channel(channels))
-        if not hmac.compare_digest(signature, expected) or last is None:
-            return text_answer(start_response, "403 Forbidden", "Forbidden\n")
-        try:
-            hold = self.publisher.hold(channels, last)
-        except (BrokerUnavailable, PublisherClosed) as error:  # an answer without Grip-Hold ends the stream
-            logger.warning("cannot recover a held stream now: %s", error)
-            hold = None
-        if hold is None:  # an answer without Grip-Hold ends the stream: the browser resumes from the app
-            start_response("200 OK", list(STREAM_HEADERS))
-            return []
-        start_response("200 OK", STREAM_HEADERS + self._grip_headers(environ, target, channels, hold.id))
-        return self._held_body(hold.replay, last, unknown_is_lost=True)
-
-    def _held_body(self, replay: Replay | None, after: str | None, *, unknown_is_lost: bool = False) -> list[bytes]:
-        """The replay after *after* as chunks, the loss event first where it applies."""
-        if replay is None:
-            return [history_lost_chunk(after, None)] if unknown_is_lost else []
-        resume_id = None if replay.items else replay.resume_id
-        chunks = [history_lost_chunk(after, replay.oldest_id, resume_id)] if replay.lost else []
-        chunks.extend(record.encode_with_id(wire_id) for record, wire_id in replay.items)
-        return chunks
-
-    def _grip_headers(
-        self, environ: WSGIEnvironment, target: tuple[str, str | None], channels: tuple[str, ...], held_id: str
-    ) -> list[tuple[str, str]]:
-        """``Grip-Hold`` and its companions: the channel at *held_id*, the signed recovery link, the keep-alive."""
-        params = [("channel", name) for name in channels]
-        params.append(("grip_link", link_signature(self.publisher.grip_keys, channels)))
-        link = quote(environ.get("SCRIPT_NAME", "") + target[0]) + "?" + urlencode(params)
-        headers = [
-            ("Grip-Hold", "stream"),
-            ("Grip-Channel", grip_channel_header(held_channel(channels), held_id)),
-            ("Grip-Link", f"<{link}>; rel=next; timeout={_RECOVERY_EVERY}"),
-        ]
-        if self.heartbeat is not None:
-            headers.append(("Grip-Keep-Alive", keep_alive_header(self.heartbeat)))
-        return headers
+            query, channels = [], None
+        return self._grip.recover(environ, start_response, target[0], channels, dict(query).get("grip_link", ""))
 
     def _match(self, path_info: str) -> tuple[str, str | None] | None:
         """``(prefix, None)`` for the query form, ``(prefix, raw name)`` for ``{path}/{name}``."""
@@ -306,37 +209,6 @@ class SSEMiddleware:
             raise BadRequest(f"at most {self.max_channels} channels per stream")
         return tuple(check_channel_name(name) for name in names) or (DEFAULT_CHANNEL,)
 
-    def _cors_headers(self, environ: WSGIEnvironment) -> list[tuple[str, str]] | None:
-        """CORS headers for this request; ``None`` when its origin may not subscribe."""
-        origin = environ.get("HTTP_ORIGIN")
-        if origin is None:
-            return []
-        if self.cors_origins != "*" and origin in self.cors_origins:  # listed: credentials allowed
-            return [
-                ("Access-Control-Allow-Origin", origin),
-                ("Access-Control-Allow-Credentials", "true"),
-                ("Vary", "Origin"),
-            ]
-        if _is_same_origin(origin, environ):
-            return []
-        if self.cors_origins == "*" and origin != "null":
-            return [("Access-Control-Allow-Origin", "*")]  # never with credentials: the browser sends no cookies
-        return None
-
-    def _preflight(
-        self, environ: WSGIEnvironment, start_response: StartResponse, cors: list[tuple[str, str]] | None
-    ) -> Iterable[bytes]:
-        headers = [_ALLOW, ("Content-Length", "0")]
-        if cors and environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"):
-            headers += [
-                *cors,
-                ("Access-Control-Allow-Methods", ALLOWED_METHODS),
-                ("Access-Control-Allow-Headers", _PREFLIGHT_HEADERS),
-                ("Access-Control-Max-Age", _PREFLIGHT_MAX_AGE),
-            ]
-        start_response("204 No Content", headers)
-        return []
-
 
 def _normalize_paths(path: str | Sequence[str]) -> tuple[str, ...]:
     paths = [path] if isinstance(path, str) else list(path)
@@ -349,26 +221,3 @@ def _normalize_paths(path: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"an events path must start with '/' and not be the root: {item!r}")
     # Longest first, so that "/events/admin" wins over "/events".
     return tuple(sorted((p.rstrip("/") for p in paths), key=len, reverse=True))
-
-
-def _normalize_origins(origins: str | Iterable[str]) -> str | frozenset[str]:
-    if origins == "*":
-        return "*"
-    if isinstance(origins, str):
-        origins = [origins]
-    normalized = frozenset(origins)
-    for origin in normalized:
-        if origin == "null":
-            continue  # the opaque origin (sandboxed iframes, file: pages), allowed only when listed
-        if not isinstance(origin, str) or "://" not in origin or origin.endswith("/"):
-            raise ValueError(f"cors_origins entries must be origins like 'https://example.com': {origin!r}")
-    return normalized
-
-
-def _is_same_origin(origin: str, environ: WSGIEnvironment) -> bool:
-    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-    try:
-        parts = urlsplit(origin)
-    except ValueError:
-        return False
-    return parts.scheme == environ.get("wsgi.url_scheme", "http") and parts.netloc.lower() == host.lower()

@@ -15,7 +15,7 @@ import pytest
 from sse_wsgi import HISTORY_LOST_EVENT, Event, Publisher, PublisherClosed, Subscription
 from sse_wsgi.broker import Record
 from sse_wsgi.memory import MemoryBroker
-from sse_wsgi.publisher import MAX_CHUNK_BYTES
+from sse_wsgi.subscription import MAX_CHUNK_BYTES
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent, parse_events
 
 ROOT = Path(__file__).resolve().parents[1]

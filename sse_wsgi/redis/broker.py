@@ -11,11 +11,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from .._process import fork_generation
+from .._process import PerProcess
 from .._validate import check_count, check_seconds
 from ..broker import HELD_SET_TTL, IDEMPOTENCY_TTL, Deliver, Hold, Lost, Message, ProxyItem, Record, Replay
 from ..errors import BrokerUnavailable, PublishOutcomeUnknown
-from .history import REDIS_ERRORS, UNKNOWN, History, Written
+from .catchup import UNKNOWN
+from .history import REDIS_ERRORS, History, Written
 from .keys import check_prefix
 from .positions import ChannelCursor, Position, ids_of, parse_id, parse_tokens, token, wire_id
 from .receiver import DEFAULT_HEALTH_CHECK, Receiver
@@ -96,8 +97,7 @@ class RedisBroker:
             sharded=topology.sharded,
             idempotency_ttl=idempotency_ttl,
         )
-        self._receiver: Receiver | None = None
-        self._generation = -1
+        self._receiver: PerProcess[Receiver] | None = None
         self._closed = False
 
     @classmethod
@@ -133,17 +133,17 @@ class RedisBroker:
     # -- receiving -----------------------------------------------------------------------
 
     def _receiving_here(self) -> Receiver | None:
-        receiver = self._receiver
-        if receiver is not None and self._generation == fork_generation() and receiver.running:
-            return receiver
-        return None
+        receiver = None if self._receiver is None else self._receiver.here()
+        return receiver if receiver is not None and receiver.running else None
 
     def start(self, deliver: Deliver, lost: Lost) -> None:
         """Start this process's receiver, if it has none; it connects when a channel is first watched."""
         if self._receiving_here() is not None:
             return
-        self._receiver = Receiver(self._topology, self._history, deliver, lost, health_check=self.health_check)
-        self._generation = fork_generation()
+        self._receiver = PerProcess(
+            lambda: Receiver(self._topology, self._history, deliver, lost, health_check=self.health_check)
+        )
+        self._receiver.get()
 
     def watch(self, channels: Sequence[str]) -> None:
         """Subscribe this process to *channels* (counted); return once their events are sure to arrive."""

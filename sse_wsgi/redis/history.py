@@ -20,11 +20,12 @@ import redis.cluster
 
 from ..broker import IDEMPOTENCY_TTL, MAX_HELD_SETS, Message, Record
 from ..memory import new_epoch
+from .catchup import UNKNOWN, Catchup, catch_up
 from .keys import ChannelKeys, channel_keys
 from .positions import NO_POSITION, Position, parse_token
 from .scripts import HOLD, PUBLISH, READ
 
-__all__ = ["REDIS_ERRORS", "UNKNOWN", "Catchup", "CommandClient", "History", "Written", "parse_live"]
+__all__ = ["REDIS_ERRORS", "CommandClient", "History", "Written", "parse_live"]
 
 CommandClient = redis.Redis | redis.cluster.RedisCluster
 
@@ -34,10 +35,6 @@ REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
 
 
 TAGS = 1_000_000  # an event's tag is below this: a failover's lost event and its successor differ but once in a million
-
-#: A position read from nothing the history can check (a caller's id not found on this channel):
-#: reading after it gives nothing but the channel's head, as lost when the channel has events.
-UNKNOWN = Position("", 0, 0)
 
 
 @dataclass(frozen=True)
@@ -56,24 +53,6 @@ class Written:
     prev: Position | None
     held: list[tuple[str, ...]]
     repeated: bool = False
-
-
-@dataclass(frozen=True)
-class Catchup:
-    """What a channel's history holds after a position.
-
-    :param records: ``(microseconds, record)`` pairs in the channel's order.
-    :param lost: True when events after the position are gone (trimmed,
-        expired, or a new epoch or a failover replaced them).
-    :param head: the channel's last position when read (``None``: no event).
-    :param head_id: the id of that event as its subscribers got it (``0``: no event).
-    """
-
-    records: list[tuple[int, Record]]
-    lost: bool
-    head: Position | None
-    head_id: str = NO_POSITION
-    after: Position | None = None  # the position read after, with its tag when it was found from a caller's id
 
 
 def _payload(message: Message) -> str:
@@ -231,7 +210,9 @@ class History:
         catchups: list[Catchup | None] = []
         again = []  # an id of another epoch: the whole history, read a second time from its start
         for (channel, position), (epoch, kept, last_token, last_id) in zip(after, answers, strict=True):
-            catchup = self._catchup(channel, position, str(epoch), kept, (str(last_token), str(last_id)), rewind)
+            records = [self._entry(channel, str(epoch), entry) for entry in kept] if epoch else []
+            head = parse_token(str(last_token)) if epoch else None
+            catchup = catch_up(position, str(epoch), records, head, str(last_id), rewind=rewind)
             if catchup is None:
                 again.append(len(catchups))
             catchups.append(catchup)
@@ -239,35 +220,6 @@ class History:
             for index, redone in zip(again, self.read([(after[i][0], None) for i in again]), strict=True):
                 catchups[index] = Catchup(redone.records, True, redone.head, redone.head_id)
         return catchups  # type: ignore[return-value]
-
-    def _catchup(
-        self,
-        channel: str,
-        after: Position | None,
-        epoch: str,
-        kept: list[Any],
-        last: tuple[str, str],
-        rewind: bool,
-    ) -> Catchup | None:
-        if not epoch:  # no such channel (never published, forgotten, or lost)
-            return Catchup([], after is not None and after is not UNKNOWN, None)
-        head, head_id = parse_token(last[0]), last[1]
-        if after is UNKNOWN:  # what this client has of the channel is unknown: resend nothing, say so
-            return Catchup([], head is not None, head, head_id)
-        if after is not None and after.epoch != epoch:
-            return None
-        if after is not None and head is not None and after.n == head.n and after.tag in (head.tag, -1):
-            return Catchup([], False, head, head_id, head)  # at the head: nothing missed, even once the history expired
-        records = [self._entry(channel, epoch, entry) for entry in kept]
-        if after is None:
-            lost = records[0][1].seq.n > 1 if records else head is not None
-            return Catchup(records, lost, head, head_id)
-        if not records:  # the channel went back before *after*: a failover or a restart lost events
-            return None if rewind and head is not None else Catchup([], True, head, head_id)
-        first: Position = records[0][1].seq
-        if first.n == after.n and (first.tag == after.tag or after.tag == -1):
-            return Catchup(records[1:], False, head, head_id, first)
-        return Catchup(records, first.n != after.n + 1, head, head_id, after)
 
     def _entry(self, channel: str, epoch: str, entry: list[Any]) -> tuple[int, Record]:
         entry_id, fields = entry

@@ -52,7 +52,8 @@ import redis
 
 from ..broker import Deliver, Lost
 from ..errors import BrokerUnavailable
-from .history import REDIS_ERRORS, Catchup, History, parse_live
+from .catchup import Catchup
+from .history import REDIS_ERRORS, History, parse_live
 from .positions import Position
 from .topology import Topology
 

@@ -1,9 +1,6 @@
-"""GRIP: streams held by a proxy (Pushpin, Fastly Fanout) instead of by the app's workers.
+"""The GRIP protocol, as this app speaks it with a proxy (Pushpin, Fastly Fanout).
 
-The app answers a stream request from the proxy at once with instructions
-(``Grip-Hold: stream``, the channel to follow, a first body), and every
-``publish`` also goes to the proxy, which sends the event to the connections
-it holds. This module knows the protocol: the GRIP URLs a publisher is given,
+This module knows the protocol and nothing else: the GRIP URLs a publisher is given,
 the proxy's request signature (``Grip-Sig``), the names the held
 connections follow, and the signed link a proxy fetches to recover what it
 missed.
@@ -23,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from .event import HEARTBEAT
+from ..event import HEARTBEAT
 
 __all__ = [
     "GripProxy",

@@ -18,9 +18,9 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._process import ProcessLock, fork_generation
-from .broker import ProxyItem
-from .grip import GripProxy, held_channel
+from .._process import PerProcess
+from ..broker import ProxyItem
+from .protocol import GripProxy, held_channel
 
 __all__ = ["ProxySenders"]
 
@@ -42,70 +42,76 @@ def _item(item: ProxyItem) -> dict[str, Any]:
     }
 
 
+class _Line:
+    """What one proxy's sender has in one process: its queue, its thread and its connection."""
+
+    __slots__ = ("connection", "queue", "thread")
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
+        self.connection: http.client.HTTPConnection | None = None
+        self.thread: threading.Thread | None = None
+
+
 class _Sender:
-    """One proxy's queue and thread."""
+    """One proxy's queue and thread, made in the process that publishes (again in a forked child)."""
 
     def __init__(self, proxy: GripProxy) -> None:
         self.proxy = proxy
         parts = urlsplit(proxy.publish_url)
         self._https = parts.scheme == "https"
         self._host, self._port, self._path = parts.hostname or "", parts.port, parts.path
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._generation = -1
-        self._connection: http.client.HTTPConnection | None = None
-        self._lock = ProcessLock()
+        self._line = PerProcess(self._open_line)
         self.sent = 0
         self.refused = 0
         self.last_error: str | None = None
 
+    def _open_line(self) -> _Line:
+        """This process's queue and thread (what a parent had queued is the parent's)."""
+        line = _Line()
+        name = f"sse-wsgi-grip-{self._host}:{self._port}"
+        line.thread = threading.Thread(target=self._run, args=(line,), name=name, daemon=True)
+        line.thread.start()
+        return line
+
     def send(self, items: list[dict[str, Any]]) -> None:
-        self._ensure_thread()
+        line = self._line.get()
         for item in items:
             try:
-                self._queue.put_nowait(item)
+                line.queue.put_nowait(item)
             except queue.Full:
                 self.refused += 1
 
-    def _ensure_thread(self) -> None:
-        if self._generation == fork_generation() and self._thread is not None and self._thread.is_alive():
-            return
-        with self._lock:
-            if self._generation != fork_generation() or self._thread is None or not self._thread.is_alive():
-                if self._generation != fork_generation():
-                    self._queue = queue.Queue(QUEUE_SIZE)  # what the parent had queued is the parent's
-                    self._connection = None
-                self._generation = fork_generation()
-                name = f"sse-wsgi-grip-{self._host}:{self._port}"
-                self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
+    def _run(self, line: _Line) -> None:
         while not self._stop.is_set():
             try:
-                batch = [self._queue.get(timeout=POLL)]
+                batch = [line.queue.get(timeout=POLL)]
             except queue.Empty:
                 continue
             while len(batch) < BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(line.queue.get_nowait())
                 except queue.Empty:
                     break
-            self._post(batch)
-        self._disconnect()
+            try:
+                self._post(line, batch)
+            except Exception:  # a logged boundary: the sender must outlive one bad batch
+                logger.exception("GRIP proxy at %s: sending %d items failed", self.proxy.publish_url, len(batch))
+                self.refused += len(batch)
+        self._disconnect(line)
 
-    def _post(self, batch: list[dict[str, Any]]) -> None:
+    def _post(self, line: _Line, batch: list[dict[str, Any]]) -> None:
         body = json.dumps({"items": batch}, separators=(",", ":")).encode()
         try:
-            if self._connection is None:
+            if line.connection is None:
                 connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                self._connection = connection_class(self._host, self._port, timeout=TIMEOUT)
-            self._connection.request("POST", self._path, body, {"Content-Type": "application/json"})
-            response = self._connection.getresponse()
+                line.connection = connection_class(self._host, self._port, timeout=TIMEOUT)
+            line.connection.request("POST", self._path, body, {"Content-Type": "application/json"})
+            response = line.connection.getresponse()
             answer = response.read()
         except (OSError, http.client.HTTPException) as error:
-            self._disconnect()
+            self._disconnect(line)
             self._refuse(len(batch), f"{type(error).__name__}: {error}")
             return
         if response.status // 100 != 2:
@@ -120,21 +126,25 @@ class _Sender:
         self.refused += count
         self.last_error = error
 
-    def _disconnect(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    @staticmethod
+    def _disconnect(line: _Line) -> None:
+        if line.connection is not None:
+            line.connection.close()
+            line.connection = None
 
     def stats(self) -> dict[str, Any]:
-        queued = self._queue.qsize()
+        line = self._line.here()
+        queued = line.queue.qsize() if line is not None else 0
         return {"sent": self.sent, "refused": self.refused, "queued": queued, "last_error": self.last_error}
 
     def close(self) -> None:
         self._stop.set()
-        thread = self._thread
-        if thread is not None and self._generation == fork_generation() and thread is not threading.current_thread():
-            thread.join(POLL + TIMEOUT)
-        self._disconnect()
+        line = self._line.here()
+        if line is None or line.thread is None:
+            return
+        if line.thread is not threading.current_thread():
+            line.thread.join(POLL + TIMEOUT)
+        self._disconnect(line)
 
 
 class ProxySenders:
