@@ -143,7 +143,7 @@ def _traced_bytes_after_publishing_to(channels: int, history_total: int) -> tupl
 
 
 def test_quiet_channels_cost_at_most_the_total_history_however_many_there_are() -> None:
-    """Per-user channels, one event each: memory stops growing at the total cap (1,000,000: see the README)."""
+    """Per-user channels, one event each: memory stops growing at the total cap (1,000,000: see docs/guide.md)."""
     cap = 5_000
     fewer, _ = _traced_bytes_after_publishing_to(2 * cap, cap)
     more, stats = _traced_bytes_after_publishing_to(8 * cap, cap)

@@ -46,8 +46,7 @@ class RedisBroker:
     Every channel has a history of its own (its last *history* events,
     kept *ttl* seconds after its last event), and each process receives
     only the events of the channels its subscribers want, over one
-    connection per server or cluster master. See the README's "Scaling
-    out" section for the layout.
+    connection per server or cluster master. See docs/redis.md for the layout.
 
     :param topology: the server or cluster (see :func:`~sse_wsgi.redis.topology.connect`).
     :param history: events kept per channel.

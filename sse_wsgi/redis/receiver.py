@@ -269,7 +269,8 @@ class Receiver:
         if not waiter.done.wait(WATCH_TIMEOUT):
             raise BrokerUnavailable(f"Redis did not confirm the subscription to {list(waiter.remaining)} in time")
         if waiter.error is not None:
-            raise BrokerUnavailable(f"cannot subscribe on Redis: {waiter.error}") from waiter.error
+            error = waiter.error
+            raise BrokerUnavailable(f"cannot subscribe on Redis: {type(error).__name__}: {error}") from error
 
     def unwatch(self, channels: Sequence[str]) -> None:
         """Undo one :meth:`watch` of *channels*."""
