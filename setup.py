@@ -17,6 +17,7 @@ EXTRAS["test"] = sorted(
     | {
         "pytest>=7",
         "pytest-timeout>=2",
+        "pytest-cov>=4",
         "hypothesis>=6",
         "httpx>=0.25",
         "h11>=0.14",
