@@ -40,6 +40,13 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
+def _check_options(history: int, ttl: float, health_check: float, idempotency_ttl: float) -> None:
+    check_count("history", history)
+    check_seconds("ttl", ttl)
+    check_seconds("health_check", health_check)
+    check_seconds("idempotency_ttl", idempotency_ttl)
+
+
 class RedisBroker:
     """A broker on a Redis server (6.2 or later) or a Redis Cluster (7.0 or later).
 
@@ -78,10 +85,7 @@ class RedisBroker:
         health_check: float = DEFAULT_HEALTH_CHECK,
         idempotency_ttl: float = IDEMPOTENCY_TTL,
     ) -> None:
-        check_count("history", history)
-        check_seconds("ttl", ttl)
-        check_seconds("health_check", health_check)
-        check_seconds("idempotency_ttl", idempotency_ttl)
+        _check_options(history, ttl, health_check, idempotency_ttl)
         self._topology = topology
         self.history = history
         self.ttl = ttl
@@ -117,10 +121,7 @@ class RedisBroker:
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str like 'redis://localhost:6379/0', not {type(url).__name__}")
-        check_count("history", history)
-        check_seconds("ttl", ttl)
-        check_seconds("health_check", health_check)
-        check_seconds("idempotency_ttl", idempotency_ttl)
+        _check_options(history, ttl, health_check, idempotency_ttl)  # before connecting
         check_prefix(key)
         try:
             topology = connect(url, socket_timeout=SOCKET_TIMEOUT)
