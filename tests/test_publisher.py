@@ -1,4 +1,4 @@
-"""Publisher and Subscription on the in-memory broker: every behaviour of SPEC §3."""
+"""Publisher and Subscription on the in-memory broker: every behaviour docs/guide.md gives them."""
 
 from __future__ import annotations
 
