@@ -26,7 +26,7 @@ import redis
 
 from sse_wsgi import Publisher
 from sse_wsgi.broker import MAX_HELD_SETS, Message
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 GRIP = "http://127.0.0.1:9?key=benchmark"
 

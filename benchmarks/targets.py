@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 if TYPE_CHECKING:
-    from tests.pushpin import Pushpin
+    from tests.support.pushpin import Pushpin
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPUS = {0}
@@ -47,7 +47,7 @@ def pin_to_server_cpus() -> None:
 def on_server_cpus() -> Iterator[None]:
     """Run the block's thread on the server CPUs, so that the processes it starts inherit them.
 
-    For starters that take no ``preexec_fn`` (tests/pushpin.py's :class:`Pushpin`).
+    For starters that take no ``preexec_fn`` (tests/support/pushpin.py's :class:`Pushpin`).
     """
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, SERVER_CPUS)
@@ -207,7 +207,7 @@ def missing_pushpin() -> list[str]:
 
 
 class PushpinProxy:
-    """tests/pushpin.py's :class:`Pushpin` in a temporary directory, in front of the app at *origin_port*.
+    """tests/support/pushpin.py's :class:`Pushpin` in a temporary directory, in front of the app at *origin_port*.
 
     Started on the server CPUs (its runner, condure, zurl, pushpin-proxy and pushpin-handler
     inherit them), with room for *streams* client connections and no practical delivery rate
@@ -217,7 +217,7 @@ class PushpinProxy:
     def __init__(self, origin_port: int, streams: int) -> None:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        from tests.pushpin import Pushpin
+        from tests.support.pushpin import Pushpin
 
         self.directory = tempfile.TemporaryDirectory(prefix="sse-bench-pushpin-")
         self.pushpin: Pushpin = Pushpin(

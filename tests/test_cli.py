@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from sse_wsgi import SSEMiddleware
 from sse_wsgi.cli import main
 from sse_wsgi.testing import read_events
-from tests.chat import chat_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,38 +52,6 @@ def test_the_served_app_chats_in_process() -> None:
 def test_redis_url_that_cannot_be_reached_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--redis", "redis://127.0.0.1:1/0"], _serve=lambda *args: None) == 2
     assert "redis://127.0.0.1:1/0" in capsys.readouterr().err
-
-
-@contextmanager
-def run_demo(args: list[str]) -> Iterator[str]:
-    """Run ``python -m sse_wsgi`` on a free port; yield its base URL; stop it with Ctrl-C (SIGINT)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sse_wsgi", "--host", "127.0.0.1", "--port", "0", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], name="test-cli-out", daemon=True).start()
-    try:
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", lines.get(timeout=15))
-        assert match, "the demo did not say where to point the browser"
-        yield match.group(0).rstrip("/")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-        proc.stdout.close()
-
-
-@pytest.mark.integration
-def test_python_m_sse_wsgi_serves_page_and_chat() -> None:
-    with run_demo([]) as base:
-        page = httpx.get(base + "/", timeout=5)
-        assert page.status_code == 200 and "new EventSource(" in page.text
-        event, sent_id = chat_once(base, {"name": "ann", "text": "héllo\nworld"})
-        assert httpx.post(base + "/send", content=b"not json", timeout=5).status_code == 400
-    assert (event.type, event.last_event_id) == ("chat", sent_id)
-    assert json.loads(event.data) == {"name": "ann", "text": "héllo\nworld"}
 
 
 def test_demo_app_publishes_posted_messages() -> None:

@@ -11,21 +11,14 @@ import ast
 import importlib
 import importlib.util
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from werkzeug.test import Client
 
 from sse_wsgi.testing import read_events
-from tests.chat import chat_once
-from tests.redis_server import free_port
+from tests.support.examples import load
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ["flask_chat", "bottle_chat", "pyramid_app"]
@@ -34,15 +27,6 @@ EXAMPLE_FILES = sorted(path.name for path in (ROOT / "examples").glob("*.py") if
 PUBLIC_MODULES = ["sse_wsgi", "sse_wsgi.werkzeug", "sse_wsgi.webob"]
 #: What ``pip install sse-wsgi flask`` (bottle, pyramid, waitress) brings besides sse_wsgi.
 FRAMEWORKS = {"flask", "werkzeug", "itsdangerous", "bottle", "pyramid", "webob", "waitress"}
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Pyramid's Configurator looks its caller up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -121,36 +105,3 @@ def test_example_imports_only_the_public_api_its_framework_and_the_standard_libr
             assert top in sys.stdlib_module_names or top in FRAMEWORKS, (
                 f"{filename} imports {module}: neither the standard library nor its framework"
             )
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the example exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("name", EXAMPLES)
-def test_example_file_runs_and_chats(name: str, tmp_path: Path) -> None:
-    # A copy, alone in a new directory: it reads nothing next to it in the repository.
-    shutil.copy(ROOT / "examples" / f"{name}.py", tmp_path)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, f"{name}.py", str(port)], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, proc)
-        event, sent_id = chat_once(f"http://localhost:{port}", {"name": "bo", "text": "ünï"})
-        assert (event.type, event.last_event_id) == ("chat", sent_id)
-        assert json.loads(event.data) == {"name": "bo", "text": "ünï"}
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -1,4 +1,4 @@
-"""Publisher and Subscription on the in-memory broker: every behaviour of SPEC §3."""
+"""Publisher and Subscription on the in-memory broker: every behaviour docs/guide.md gives them."""
 
 from __future__ import annotations
 
@@ -16,33 +16,10 @@ from sse_wsgi import HISTORY_LOST_EVENT, Event, Publisher, PublisherClosed, Subs
 from sse_wsgi.broker import Record
 from sse_wsgi.memory import MemoryBroker
 from sse_wsgi.subscription import MAX_CHUNK_BYTES
-from sse_wsgi.testing import EventStreamParser, ReceivedEvent, parse_events
+from sse_wsgi.testing import EventStreamParser, parse_events
+from tests.support.streams import data_of, take
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def take(subscription: Subscription, count: int, timeout: float = 5.0) -> list[ReceivedEvent]:
-    """Read *count* events from *subscription* in a named thread, with a deadline."""
-    parser = EventStreamParser()
-    events: list[ReceivedEvent] = []
-    done = threading.Event()
-
-    def read() -> None:
-        for chunk in subscription:
-            events.extend(parser.feed(chunk))
-            if len(events) >= count:
-                break
-        done.set()
-
-    threading.Thread(target=read, name="test-take", daemon=True).start()
-    if not done.wait(timeout):
-        subscription.close()
-        raise AssertionError(f"only {len(events)} of {count} events within {timeout} s: {events}")
-    return events
-
-
-def data_of(events: list[ReceivedEvent]) -> list[str]:
-    return [e.data for e in events]
 
 
 @pytest.fixture

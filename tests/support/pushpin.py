@@ -6,7 +6,7 @@ HTTP server), zurl (the HTTP client the proxy reaches the origin with),
 /publish/``). Debian's ``internal.conf`` points the proxy at a system-wide
 zurl in ``/var/run/zurl/``; this config runs a zurl of its own in the run
 directory instead, and puts every TCP port on 127.0.0.1 (a bare
-``http_port`` would listen on 0.0.0.0). See FIELD-NOTES.md, "Pushpin 1.36".
+``http_port`` would listen on 0.0.0.0); docs/grip.md says what Pushpin needs.
 Only zurl's resolver binds anything wider: two unconnected UDP sockets
 (0.0.0.0 and [::], ephemeral ports), which no setting moves.
 
@@ -49,8 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import require
-from tests.redis_server import free_port
+from tests.support.redis_server import free_port
+from tests.support.require import require
 
 #: The runner and the services it starts (``services=`` in the config).
 BINARIES = ("pushpin", "condure", "zurl", "pushpin-proxy", "pushpin-handler")
@@ -221,7 +221,7 @@ class Pushpin:
 
     def _config(self, rundir: Path, logdir: Path) -> str:
         return f"""\
-# Written by tests/pushpin.py: Debian's pushpin.conf, with everything on 127.0.0.1 and a zurl of its own.
+# Written by tests/support/pushpin.py: Debian's pushpin.conf, with everything on 127.0.0.1 and a zurl of its own.
 [global]
 include={{libdir}}/internal.conf
 rundir={rundir}

@@ -1,7 +1,7 @@
 """GRIP mode behind a real Pushpin: streams held by the proxy, on every server and on gunicorn ``sync``.
 
-Each test starts the app (``tests/servers/apps/basic.py`` with ``SSE_GRIP``) and a Pushpin of its own
-(``tests/pushpin.py``) in front of it. Clients read the streams through Pushpin; events are published
+Each test starts the app (``tests/support/servers/apps/basic.py`` with ``SSE_GRIP``) and a Pushpin of its own
+(``tests/support/pushpin.py``) in front of it. Clients read the streams through Pushpin; events are published
 through the app, which feeds Pushpin's control endpoint.
 """
 
@@ -17,14 +17,14 @@ import httpx
 import pytest
 
 from sse_wsgi import HISTORY_LOST_EVENT
-from tests.pushpin import Pushpin
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import SERVERS, LiveServer, start_server, wait_until
-from tests.test_redis import Reader, open_stream
+from tests.support.pushpin import Pushpin
+from tests.support.redis_server import RedisServer
+from tests.support.servers.harness import SERVERS, LiveServer, start_server, wait_until
+from tests.support.streams import Reader, open_stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.pushpin]
 
-APP = "tests.servers.apps.basic:app"
+APP = "tests.support.servers.apps.basic:app"
 
 
 @contextmanager
@@ -131,7 +131,7 @@ def test_an_unauthorized_channel_is_refused_through_pushpin(tmp_path: Path) -> N
         assert forged.status_code == 403  # Pushpin drops the client's Grip-Last, and authorize still decides
 
 
-def test_a_gap_is_recovered_by_pushpin_never_skipped(tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+def test_a_gap_is_recovered_by_pushpin_never_skipped(tmp_path: Path, redis_server: RedisServer) -> None:
     """An event that never reached Pushpin (published by a process without grip) comes by recovery, in order."""
     with (
         behind_pushpin(tmp_path, "gunicorn-gthread", {"SSE_REDIS_URL": redis_server.url}) as (app, pushpin),

@@ -19,7 +19,7 @@ import pytest
 from sse_wsgi import HISTORY_LOST_EVENT, Publisher
 from sse_wsgi._ticker import Ticker
 from sse_wsgi.publisher import DEFAULT_QUEUE_SIZE
-from tests.test_publisher import data_of, take
+from tests.support.streams import data_of, take
 
 
 def ticker_threads() -> set[threading.Thread]:

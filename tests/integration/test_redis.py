@@ -12,42 +12,17 @@ import pytest
 
 from sse_wsgi import HISTORY_LOST_EVENT, BrokerUnavailable, Publisher, PublishOutcomeUnknown, Subscription
 from sse_wsgi.redis import RedisBroker
-from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import start_server
+from sse_wsgi.testing import EventStreamParser
+from tests.support.demo import run_demo
+from tests.support.redis_server import RedisServer
+from tests.support.servers.harness import start_server
+from tests.support.streams import Reader, open_stream, wait_subscribed
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
 
-class Reader:
-    """Reads a subscription (or an HTTP stream's chunks) in a named thread and collects its events."""
-
-    def __init__(self, chunks, name: str = "test-redis-reader") -> None:
-        self.events: list[ReceivedEvent] = []
-        self.ended = threading.Event()
-        self._parser = EventStreamParser()
-        self._chunks = chunks
-        threading.Thread(target=self._run, name=name, daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            for chunk in self._chunks:
-                self.events.extend(self._parser.feed(chunk))
-        except httpx.HTTPError:
-            pass
-        finally:
-            self.ended.set()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedEvent]:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(self.events) >= count, f"{len(self.events)} of {count} events: {self.events}"
-        return self.events[:count]
-
-
 @pytest.fixture
-def publishers(redis_server: RedisServer) -> Iterator[list[Publisher]]:  # noqa: F811
+def publishers(redis_server: RedisServer) -> Iterator[list[Publisher]]:
     """Two publishers on the same Redis, as two worker processes would have."""
     made = [Publisher.from_url(redis_server.url), Publisher.from_url(redis_server.url)]
     yield made
@@ -129,7 +104,7 @@ def test_resume_while_another_process_publishes_has_no_gap_and_no_duplicate(publ
 
 
 def test_trimmed_history_gives_the_lost_notice_then_exactly_the_history(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     with Publisher.from_url(redis_server.url, history=10) as publisher:
         first = publisher.publish("e0")
@@ -189,7 +164,7 @@ def test_stats_show_the_connection_and_the_watched_channels(publishers: list[Pub
     json.dumps(stats)
 
 
-def test_redis_restart_loses_nothing_and_keeps_subscribers(redis_server: RedisServer) -> None:  # noqa: F811
+def test_redis_restart_loses_nothing_and_keeps_subscribers(redis_server: RedisServer) -> None:
     """Redis is killed and restarted (append-only) under a connected subscriber."""
     publisher = Publisher.from_url(redis_server.url)
     subscription: Subscription = publisher.subscribe("chat", heartbeat=0.5)
@@ -217,7 +192,7 @@ def test_redis_restart_loses_nothing_and_keeps_subscribers(redis_server: RedisSe
     assert reader.ended.wait(2)
 
 
-def test_close_stops_the_receiver_promptly(redis_server: RedisServer) -> None:  # noqa: F811
+def test_close_stops_the_receiver_promptly(redis_server: RedisServer) -> None:
     publisher = Publisher.from_url(redis_server.url)
     publisher.subscribe("x", heartbeat=None)
     assert {"sse-wsgi-redis-receiver", f"sse-wsgi-redis-link-127.0.0.1:{redis_server.port}"} <= {
@@ -229,7 +204,7 @@ def test_close_stops_the_receiver_promptly(redis_server: RedisServer) -> None:  
     assert not any(t.name.startswith("sse-wsgi-redis-") and t.is_alive() for t in threading.enumerate())
 
 
-def test_redis_broker_rejects_bad_arguments(redis_server: RedisServer) -> None:  # noqa: F811
+def test_redis_broker_rejects_bad_arguments(redis_server: RedisServer) -> None:
     with pytest.raises(TypeError, match="url must be a str"):
         RedisBroker.from_url(6379)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="history"):
@@ -239,32 +214,12 @@ def test_redis_broker_rejects_bad_arguments(redis_server: RedisServer) -> None: 
 # -- several web-server processes ------------------------------------------------------------------
 
 
-def open_stream(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[httpx.Client, Reader]:
-    client = httpx.Client(timeout=httpx.Timeout(5, read=30))
-    try:
-        response = client.send(client.build_request("GET", base + path, headers=headers), stream=True)
-        assert response.status_code == 200
-    except Exception:
-        client.close()
-        raise
-    return client, Reader(response.iter_raw(), name=f"test-stream-{path}")
-
-
-def wait_subscribed(base: str, channel: str, count: int = 1) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if httpx.get(base + "/stats", timeout=5).json()["subscribers"].get(channel, 0) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no subscriber on {channel} at {base}")
-
-
 @pytest.mark.parametrize("kind", ["gunicorn-gthread", "gunicorn-gevent"])
-def test_two_servers_share_one_stream(redis_server: RedisServer, kind: str) -> None:  # noqa: F811
+def test_two_servers_share_one_stream(redis_server: RedisServer, kind: str) -> None:
     env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
     with (
-        start_server(kind, "tests.servers.apps.basic:app", env=env) as one,
-        start_server(kind, "tests.servers.apps.basic:app", env=env) as two,
+        start_server(kind, "tests.support.servers.apps.basic:app", env=env) as one,
+        start_server(kind, "tests.support.servers.apps.basic:app", env=env) as two,
     ):
         client, reader = open_stream(one.url, "/events/room")
         try:
@@ -278,12 +233,12 @@ def test_two_servers_share_one_stream(redis_server: RedisServer, kind: str) -> N
 
 @pytest.mark.parametrize("kind", ["gunicorn-gthread", "gunicorn-gevent"])
 def test_redis_restart_under_a_live_worker_keeps_the_stream_and_loses_nothing(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     kind: str,
 ) -> None:
     """The receiver is a thread, or a greenlet under gevent: both reconnect and resume from the last id."""
     env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "0.5"}
-    with start_server(kind, "tests.servers.apps.basic:app", env=env) as server:
+    with start_server(kind, "tests.support.servers.apps.basic:app", env=env) as server:
         client, reader = open_stream(server.url, "/events/room")
         try:
             wait_subscribed(server.url, "room")
@@ -307,9 +262,9 @@ def test_redis_restart_under_a_live_worker_keeps_the_stream_and_loses_nothing(
             client.close()
 
 
-def test_resume_after_a_web_server_restart(redis_server: RedisServer) -> None:  # noqa: F811
+def test_resume_after_a_web_server_restart(redis_server: RedisServer) -> None:
     env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
-    app = "tests.servers.apps.basic:app"
+    app = "tests.support.servers.apps.basic:app"
     with start_server("gunicorn-gthread", app, env=env) as other:
         with start_server("waitress", app, env=env) as first_run:
             client, reader = open_stream(first_run.url, "/events/news")
@@ -329,8 +284,7 @@ def test_resume_after_a_web_server_restart(redis_server: RedisServer) -> None:  
                 client.close()
 
 
-def test_demo_cli_on_redis(redis_server: RedisServer) -> None:  # noqa: F811
-    from tests.test_cli import run_demo
+def test_demo_cli_on_redis(redis_server: RedisServer) -> None:
 
     with run_demo(["--redis", redis_server.url]) as base, Publisher.from_url(redis_server.url) as elsewhere:
         client, reader = open_stream(base, "/events?channel=chat")
@@ -343,7 +297,7 @@ def test_demo_cli_on_redis(redis_server: RedisServer) -> None:  # noqa: F811
 
 
 def test_two_apps_with_different_keys_on_one_redis_never_see_each_others_events(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     with (
         Publisher.from_url(redis_server.url, key="app-one") as one,
@@ -360,7 +314,7 @@ def test_two_apps_with_different_keys_on_one_redis_never_see_each_others_events(
         assert [(e.type, e.data) for e in resumed.wait_for(2)][1] == ("message", "for two")
 
 
-def test_an_unknown_last_event_id_does_no_history_scan(redis_server: RedisServer) -> None:  # noqa: F811
+def test_an_unknown_last_event_id_does_no_history_scan(redis_server: RedisServer) -> None:
     import redis as redis_py
 
     client = redis_py.Redis.from_url(redis_server.url)
@@ -379,7 +333,7 @@ def test_an_unknown_last_event_id_does_no_history_scan(redis_server: RedisServer
     client.close()
 
 
-def test_redis_losing_its_data_gives_live_subscribers_the_loss_event(redis_server: RedisServer) -> None:  # noqa: F811
+def test_redis_losing_its_data_gives_live_subscribers_the_loss_event(redis_server: RedisServer) -> None:
     import redis as redis_py
 
     admin = redis_py.Redis.from_url(redis_server.url)
@@ -403,7 +357,7 @@ def test_redis_losing_its_data_gives_live_subscribers_the_loss_event(redis_serve
 
 
 def test_writes_lost_by_a_failover_are_reported_live_and_on_resume_never_renumbered_silently(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """A promoted replica that missed the last writes numbers new events as the lost ones were numbered."""
     import redis as redis_py
@@ -439,12 +393,11 @@ def test_writes_lost_by_a_failover_are_reported_live_and_on_resume_never_renumbe
 
 
 def test_a_stream_redis_cannot_set_up_now_gets_a_retry_hint_and_leaves_nothing(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     from werkzeug.test import Client
 
     from sse_wsgi import SSEMiddleware
-    from sse_wsgi.testing import EventStreamParser
 
     publisher = Publisher.from_url(redis_server.url)
     app = SSEMiddleware(lambda environ, start_response: [], publisher)
@@ -462,7 +415,7 @@ def test_a_stream_redis_cannot_set_up_now_gets_a_retry_hint_and_leaves_nothing(
     publisher.close()
 
 
-def test_grip_items_on_redis_chain_per_channel_and_reach_a_held_set_once(redis_server: RedisServer) -> None:  # noqa: F811
+def test_grip_items_on_redis_chain_per_channel_and_reach_a_held_set_once(redis_server: RedisServer) -> None:
     from sse_wsgi.broker import Message
 
     with Publisher.from_url(redis_server.url, grip="http://127.0.0.1:9?key=k") as publisher:
@@ -488,7 +441,7 @@ def test_grip_items_on_redis_chain_per_channel_and_reach_a_held_set_once(redis_s
 
 
 def test_a_channel_in_many_held_sets_costs_a_publish_a_bounded_number_of_items_on_redis(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """``[user:i, news]`` held for many users: a publish to ``news`` makes at most MAX_HELD_SETS + 1 proxy items."""
     from sse_wsgi.broker import MAX_HELD_SETS, Message

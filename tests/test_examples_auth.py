@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from werkzeug.test import Client
 
 from sse_wsgi.testing import read_events
-from tests.test_examples import load
+from tests.support.examples import load
 
 
 @pytest.fixture
@@ -94,19 +93,3 @@ def test_last_event_id_never_replays_other_channels(auth) -> None:
     assert [e.data for e in events] == ["for bob", "alice's and the lobby's"]
     with pytest.raises(TimeoutError, match="2 of 3"):
         read_events(auth.app, url, 3, headers=headers, timeout=0.5)  # nothing of alice's alone
-
-
-@pytest.mark.integration
-def test_auth_example_runs_as_a_file() -> None:
-    from tests.servers.harness import start_server
-
-    with start_server("waitress", "examples.auth_flask:app") as server, httpx.Client(timeout=5) as client:
-        assert client.post(server.url + "/login", data={"name": "alice"}).status_code == 200
-        with client.stream("GET", server.url + "/events?channel=user:alice") as stream:
-            assert stream.status_code == 200
-            chunks = stream.iter_raw()
-            next(chunks)
-            event_id = httpx.post(server.url + "/notify/alice", content="hi alice", timeout=5).text
-            body = next(chunks)
-        assert f"id: {event_id}\ndata: hi alice\n\n".encode() in body
-        assert httpx.get(server.url + "/events?channel=user:alice", timeout=5).status_code == 403  # no cookie

@@ -1,4 +1,4 @@
-"""The basic app (tests.servers.apps.basic) with an ``X-Worker-Pid`` header on every answer.
+"""The basic app (tests.support.servers.apps.basic) with an ``X-Worker-Pid`` header on every answer.
 
 So that a test on several gunicorn workers can tell which worker served a
 stream or a publish.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from tests.servers.apps.basic import app as basic_app
+from tests.support.servers.apps.basic import app as basic_app
 
 
 def app(environ, start_response):

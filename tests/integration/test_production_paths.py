@@ -24,13 +24,13 @@ import pytest
 
 from sse_wsgi import HISTORY_LOST_EVENT
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.conftest import require
-from tests.redis_server import RedisServer, redis_server, redis_server_binary  # noqa: F401  (the fixture)
-from tests.servers.harness import PRELOADED, LiveServer, start_server, wait_until
+from tests.support.redis_server import RedisServer, redis_server_binary
+from tests.support.require import require
+from tests.support.servers.harness import PRELOADED, LiveServer, start_server, wait_until
 
 pytestmark = pytest.mark.integration
 
-APP = "tests.servers.apps.basic:app"
+APP = "tests.support.servers.apps.basic:app"
 DEFAULT_HEARTBEAT = 15.0  # seconds: Publisher.subscribe()'s default
 SMALL_HISTORY = 10  # events the stalled worker's Redis keeps
 STALLED = 300  # events published while the worker is stopped: whole Redis stream nodes are trimmed
@@ -165,11 +165,11 @@ def summary(events: list[ReceivedEvent]) -> str:
 @pytest.mark.redis
 @pytest.mark.parametrize("kind", PRELOADED)
 def test_preloaded_workers_on_redis_each_deliver_a_publish_made_in_either(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     kind: str,
 ) -> None:
     env = {"SSE_REDIS_URL": redis_server.url, "SSE_HEARTBEAT": "1"}
-    with start_server(kind, "tests.servers.apps.pids:app", env=env, workers=2) as live:
+    with start_server(kind, "tests.support.servers.apps.pids:app", env=env, workers=2) as live:
         streams: list[Client] = []
         try:
             for n in range(40):  # connections go to either worker: open until both hold streams
@@ -350,7 +350,7 @@ def test_an_id_from_before_an_in_memory_restart_gets_history_lost_then_the_new_e
 
 
 def test_a_flask_view_returning_subscribe_frees_a_departed_client_within_the_default_heartbeat() -> None:
-    with start_server("gunicorn-gthread", "tests.servers.apps.flask_subscribe:app") as live:
+    with start_server("gunicorn-gthread", "tests.support.servers.apps.flask_subscribe:app") as live:
         sock = socket.create_connection(("127.0.0.1", live.port), timeout=5)
         try:
             subscribed_at = time.monotonic()

@@ -19,12 +19,12 @@ import pytest
 
 from sse_wsgi import HISTORY_LOST_EVENT
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import LiveServer, start_server
+from tests.support.redis_server import RedisServer
+from tests.support.servers.harness import LiveServer, start_server
 
 pytestmark = pytest.mark.integration
 
-APP = "tests.servers.apps.basic:app"
+APP = "tests.support.servers.apps.basic:app"
 HISTORY = 1000  # events the test app keeps (the Publisher default)
 
 
@@ -125,7 +125,7 @@ def test_hundred_reconnects_lose_and_repeat_nothing(kind: str) -> None:
 
 
 @pytest.mark.redis
-def test_reconnects_across_web_server_and_redis_restarts_lose_nothing(redis_server: RedisServer) -> None:  # noqa: F811
+def test_reconnects_across_web_server_and_redis_restarts_lose_nothing(redis_server: RedisServer) -> None:
     env = {"SSE_HEARTBEAT": "1", "SSE_REDIS_URL": redis_server.url}
     received: list[str] = []
     published: list[str] = []

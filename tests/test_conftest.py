@@ -21,6 +21,9 @@ def test_needs_a_tool():
 """
 
 
+ROOT = Path(__file__).resolve().parents[1]  # conftest.py imports tests.support from there
+
+
 def run_pytest(directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run pytest on *directory* with this project's conftest.py and no other plugin."""
     shutil.copy(Path(__file__).with_name("conftest.py"), directory / "conftest.py")
@@ -30,7 +33,7 @@ def run_pytest(directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(directory)],
         cwd=directory,
-        env={**clean, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **env},
+        env={**clean, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import require
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import LiveServer, start_server
+from tests.support.redis_server import RedisServer
+from tests.support.require import require
+from tests.support.servers.harness import LiveServer, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -40,7 +40,7 @@ def browser() -> Iterator:
 
 @pytest.fixture(scope="module")
 def chat() -> Iterator[LiveServer]:
-    with start_server("werkzeug", "tests.servers.apps.demo_app:app", env={"SSE_RETRY": "300"}) as server:
+    with start_server("werkzeug", "tests.support.servers.apps.demo_app:app", env={"SSE_RETRY": "300"}) as server:
         yield server
 
 
@@ -119,7 +119,7 @@ def test_named_events_reach_add_event_listener_only(browser, chat: LiveServer) -
 
 def test_max_lifetime_reconnects_and_loses_nothing(browser, tmp_path: Path) -> None:
     env = {"SSE_RETRY": "200", "SSE_MAX_LIFETIME": "1"}
-    with start_server("werkzeug", "tests.servers.apps.demo_app:app", env=env) as server:
+    with start_server("werkzeug", "tests.support.servers.apps.demo_app:app", env=env) as server:
         page = open_chat(browser, server.url)
         ids = []
         for n in range(25):  # across at least two stream ends
@@ -237,14 +237,14 @@ def test_cut_connection_reconnects_and_resumes_by_last_event_id(browser, chat: L
 
 
 @pytest.mark.redis
-def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: RedisServer, tmp_path: Path) -> None:
     """The page's server process is replaced while another process publishes: nothing is lost."""
     from sse_wsgi import Publisher
     from sse_wsgi.demo import publish_message
 
     env = {"SSE_RETRY": "300", "SSE_REDIS_URL": redis_server.url}
-    app = "tests.servers.apps.demo_app:app"
-    hook = ["-c", "tests/servers/gunicorn_conf.py"]  # streams end at once when the worker stops
+    app = "tests.support.servers.apps.demo_app:app"
+    hook = ["-c", "tests/support/servers/gunicorn_conf.py"]  # streams end at once when the worker stops
     first = start_server("gunicorn-gthread", app, env=env, args=hook)
     proxy = CuttableProxy(first.port)
     try:
@@ -275,11 +275,11 @@ def test_resume_across_a_web_server_restart_on_redis(browser, redis_server: Redi
 def test_two_pages_chat_through_pushpin_and_resume_after_a_pushpin_restart(browser, tmp_path: Path) -> None:
     """gunicorn ``sync`` (one worker, one request at a time) serves the chat: it can, because Pushpin holds
     the pages' streams and the worker answers each request at once."""
-    from tests.pushpin import Pushpin
+    from tests.support.pushpin import Pushpin
 
     pushpin = Pushpin(tmp_path / "pushpin", origin_port=0)
     env = {"SSE_RETRY": "300", "SSE_GRIP": pushpin.grip_url}
-    with start_server("gunicorn-sync", "tests.servers.apps.demo_app:app", env=env) as app:
+    with start_server("gunicorn-sync", "tests.support.servers.apps.demo_app:app", env=env) as app:
         pushpin.origin_port = app.port
         pushpin.start()
         # The pages reach Pushpin through a gate, as through a load balancer that checks Pushpin's health:

@@ -1,6 +1,6 @@
 """Start WSGI servers in subprocesses on 127.0.0.1 for live tests.
 
->>> with start_server("waitress", "tests.servers.apps.basic:app") as server:
+>>> with start_server("waitress", "tests.support.servers.apps.basic:app") as server:
 ...     httpx.get(server.url + "/stats")
 """
 
@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 SERVERS = ("werkzeug", "wsgiref", "waitress", "cheroot", "gunicorn-gthread", "gunicorn-gevent", "eventlet")
 #: gunicorn with ``--preload``: the app (and its publisher) is made in the master, then the workers fork.
@@ -68,7 +68,7 @@ class LiveServer:
                 sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:0", "--workers", str(self.workers),
                 "--graceful-timeout", "5", *_GUNICORN_WORKERS[self.kind], *self.args, self.app,
             ]  # fmt: skip
-        return [sys.executable, "-m", "tests.servers.serve", self.kind, self.app, *self.args]
+        return [sys.executable, "-m", "tests.support.servers.serve", self.kind, self.app, *self.args]
 
     def start(self) -> LiveServer:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}

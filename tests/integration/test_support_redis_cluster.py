@@ -1,4 +1,4 @@
-"""The fault helpers of tests/redis_cluster.py on a real Redis Cluster: an empty slot moves and a client
+"""The fault helpers of tests/support/redis_cluster.py on a real Redis Cluster: an empty slot moves and a client
 follows the -MOVED; a frozen master fails over, thaws and rejoins as a replica."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import MovedError
 
-from tests.redis_cluster import LocalCluster, redis_cluster  # noqa: F401  (the fixture)
+from tests.support.redis_cluster import LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -20,7 +20,7 @@ def direct(address: tuple[str, int]) -> redis.Redis:
     return redis.Redis(*address, socket_timeout=2, decode_responses=True)
 
 
-def test_move_empty_slot_and_a_client_with_the_old_map_follows_moved(redis_cluster: LocalCluster) -> None:  # noqa: F811
+def test_move_empty_slot_and_a_client_with_the_old_map_follows_moved(redis_cluster: LocalCluster) -> None:
     key = "moved-fresh-key"
     slot = redis_cluster.keyslot(key)
     source = redis_cluster.master_for_key(key)
@@ -47,7 +47,7 @@ def test_move_empty_slot_and_a_client_with_the_old_map_follows_moved(redis_clust
     redis_cluster.wait_until_healthy()
 
 
-def test_frozen_master_fails_over_then_rejoins_as_a_replica_when_thawed(redis_cluster: LocalCluster) -> None:  # noqa: F811
+def test_frozen_master_fails_over_then_rejoins_as_a_replica_when_thawed(redis_cluster: LocalCluster) -> None:
     key = "frozen-master-key"
     with direct(redis_cluster.master_for_key(key)) as master:
         master.set(key, "before the freeze")

@@ -1,4 +1,4 @@
-"""Run a WSGI app on one server in this process: ``python -m tests.servers.serve KIND module:attr``.
+"""Run a WSGI app on one server in this process: ``python -m tests.support.servers.serve KIND module:attr``.
 
 Binds 127.0.0.1 on a free port and prints ``PORT <n>`` once it listens.
 gunicorn is started by the harness with its own command line instead.

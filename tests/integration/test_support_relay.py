@@ -1,4 +1,4 @@
-"""The test relay (tests/relay.py) against a real redis-server: it forwards, goes silent without closing, closes."""
+"""The test relay (tests/support/relay.py) on a real redis-server: it forwards, goes silent without closing, closes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.relay import Relay
+from tests.support.redis_server import RedisServer
+from tests.support.relay import Relay
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.timeout(30)]
 
@@ -43,12 +43,12 @@ def clients_of(server: RedisServer) -> int:
 
 
 @pytest.fixture
-def relay(redis_server: RedisServer) -> Iterator[Relay]:  # noqa: F811
+def relay(redis_server: RedisServer) -> Iterator[Relay]:
     with Relay(redis_server.port) as started:
         yield started
 
 
-def test_forwards_commands(relay: Relay, redis_server: RedisServer) -> None:  # noqa: F811
+def test_forwards_commands(relay: Relay, redis_server: RedisServer) -> None:
     with client(relay.url_for(3)) as through:
         assert through.ping()
         through.set("relayed", "yes")
@@ -62,7 +62,7 @@ def test_forwards_commands(relay: Relay, redis_server: RedisServer) -> None:  # 
 
 def test_silence_times_out_old_connections_and_forwards_new_ones(
     relay: Relay,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     with client(relay.url_for()) as old, client(relay.url_for()) as new:
         assert old.ping()
@@ -90,7 +90,7 @@ def test_silence_all_until_resume(relay: Relay) -> None:
     assert relay.accepted == 3
 
 
-def test_close_stops_listening_and_closes_connections(redis_server: RedisServer) -> None:  # noqa: F811
+def test_close_stops_listening_and_closes_connections(redis_server: RedisServer) -> None:
     relay = Relay(redis_server.port).start()
     port = relay.port
     with client(relay.url_for()) as through:

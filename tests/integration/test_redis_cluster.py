@@ -13,8 +13,8 @@ import redis as redis_py
 from sse_wsgi import HISTORY_LOST_EVENT, BrokerUnavailable, Publisher, Subscription
 from sse_wsgi.redis.keys import channel_keys
 from sse_wsgi.testing import ReceivedEvent
-from tests.redis_cluster import LocalCluster, module_redis_cluster, redis_cluster  # noqa: F401  (fixtures)
-from tests.test_redis import Reader
+from tests.support.redis_cluster import LocalCluster
+from tests.support.streams import Reader
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -33,7 +33,7 @@ def channels_on_every_master(cluster: LocalCluster, per_master: int, prefix: str
 
 
 @pytest.fixture
-def publishers(module_redis_cluster: LocalCluster) -> Iterator[list[Publisher]]:  # noqa: F811
+def publishers(module_redis_cluster: LocalCluster) -> Iterator[list[Publisher]]:
     """Two publishers on the cluster, as two web processes would have."""
     module_redis_cluster.wait_until_healthy()
     made = [Publisher.from_url(module_redis_cluster.url), Publisher.from_url(module_redis_cluster.url)]
@@ -52,7 +52,7 @@ def test_a_cluster_url_is_detected_and_events_cross_processes(publishers: list[P
 
 
 def test_channels_spread_over_every_master_each_with_one_connection(
-    module_redis_cluster: LocalCluster,  # noqa: F811
+    module_redis_cluster: LocalCluster,
     publishers: list[Publisher],
 ) -> None:
     here, there = publishers
@@ -92,7 +92,7 @@ def test_a_process_receives_only_the_events_of_its_subscribers_channels(publishe
 
 
 def test_resume_of_several_channels_on_several_masters(
-    module_redis_cluster: LocalCluster,  # noqa: F811
+    module_redis_cluster: LocalCluster,
     publishers: list[Publisher],
 ) -> None:
     here, there = publishers
@@ -145,7 +145,7 @@ def silent_gaps(events: list[ReceivedEvent], acknowledged: list[int]) -> list[in
 
 
 def test_a_master_failover_keeps_streams_open_and_loses_nothing_silently(
-    redis_cluster: LocalCluster,  # noqa: F811
+    redis_cluster: LocalCluster,
 ) -> None:
     homes = channels_on_every_master(redis_cluster, per_master=2, prefix="failover")
     victim = sorted(homes)[0]

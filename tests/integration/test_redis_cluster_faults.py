@@ -22,7 +22,7 @@ from sse_wsgi import HISTORY_LOST_EVENT, BrokerUnavailable, Publisher, PublishOu
 from sse_wsgi.redis import RedisBroker
 from sse_wsgi.redis.keys import channel_keys
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.redis_cluster import Address, LocalCluster, redis_cluster  # noqa: F401  (the fixture)
+from tests.support.redis_cluster import Address, LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -180,7 +180,7 @@ def run_in_thread(target: Callable[[], None], name: str) -> tuple[threading.Thre
 
 
 def test_a_moved_reply_to_a_subscribe_does_not_silence_the_masters_other_channels(
-    redis_cluster: LocalCluster,  # noqa: F811
+    redis_cluster: LocalCluster,
 ) -> None:
     """Fault: the slot of a channel moved to another master (an empty slot, as a reshard moves it) and the
     process's slot map is stale, so its SSUBSCRIBE goes to the old master, which answers ``-MOVED``. That
@@ -227,7 +227,7 @@ def test_a_moved_reply_to_a_subscribe_does_not_silence_the_masters_other_channel
     quiet_reader.join()
 
 
-def test_a_frozen_masters_failover_is_noticed_and_no_event_is_lost(redis_cluster: LocalCluster) -> None:  # noqa: F811
+def test_a_frozen_masters_failover_is_noticed_and_no_event_is_lost(redis_cluster: LocalCluster) -> None:
     """Fault: a frozen master (SIGSTOP: no socket closes, nothing answers) whose replica takes over. Its
     receiving connection used to wait forever: events published to the new master never arrived. With
     health_check=3 the silent link is replaced within 3 s and the channel followed on the new master."""
@@ -270,7 +270,7 @@ def test_a_frozen_masters_failover_is_noticed_and_no_event_is_lost(redis_cluster
     reader.join()
 
 
-def test_a_frozen_master_does_not_stall_a_healthy_masters_channel(redis_cluster: LocalCluster) -> None:  # noqa: F811
+def test_a_frozen_master_does_not_stall_a_healthy_masters_channel(redis_cluster: LocalCluster) -> None:
     """Fault: a frozen master while streams keep opening on its channels. Connecting to it (and refreshing
     the topology, reading history) used to happen under the lock delivery needs: a healthy master's busy
     channel got nothing for 11-16 s."""

@@ -10,13 +10,13 @@ import httpx
 import pytest
 
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.servers.harness import SERVERS, LiveServer, start_server
+from tests.support.redis_server import RedisServer
+from tests.support.servers.harness import SERVERS, LiveServer, start_server
 
 pytestmark = pytest.mark.integration
 
-APP = "tests.servers.apps.basic:app"
-HOOK = ["-c", "tests/servers/gunicorn_conf.py"]
+APP = "tests.support.servers.apps.basic:app"
+HOOK = ["-c", "tests/support/servers/gunicorn_conf.py"]
 
 
 class Stream:
@@ -104,7 +104,7 @@ def test_gunicorn_term_ends_streams_cleanly_and_the_worker_exits_at_once(kind: s
 
 @pytest.mark.redis
 @pytest.mark.parametrize("kind", ["gunicorn-gthread", "gunicorn-gevent"])
-def test_gunicorn_hup_clients_resume_on_new_workers_without_loss(kind: str, redis_server: RedisServer) -> None:  # noqa: F811
+def test_gunicorn_hup_clients_resume_on_new_workers_without_loss(kind: str, redis_server: RedisServer) -> None:
     env = {"SSE_HEARTBEAT": "30", "SSE_REDIS_URL": redis_server.url}
     with start_server(kind, APP, env=env, args=HOOK) as server:
         stream = Stream(server.url + "/events/live")

