@@ -279,7 +279,9 @@ class RedisBroker:
             if all(p is UNKNOWN for p in positions):
                 return None
         catchups = self._history.read(list(zip(ordered, positions, strict=True)), rewind=True)
-        cursor = ChannelCursor(ordered, [None if c.lost else c.after for c in catchups])
+        # A lost channel whose history holds nothing starts at its head, so that the ids sent name it there.
+        starts = [(c.head if not c.records else None) if c.lost else c.after for c in catchups]
+        cursor = ChannelCursor(ordered, starts)
         items = []
         for _, record in heapq.merge(*(c.records for c in catchups), key=lambda pair: pair[0]):
             sent_as = cursor.admit(record)

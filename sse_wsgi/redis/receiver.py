@@ -187,6 +187,7 @@ class _Link:
                 self.last_read = time.monotonic()
                 if not self._stop.is_set() and not (isinstance(reply, list) and reply and reply[0] == "pong"):
                     self._on_reply(self, reply)
+                    self.last_read = time.monotonic()  # the time spent handling it (a history read) is no silence
                 continue
             now = time.monotonic()
             silent = now - self.last_read

@@ -27,8 +27,8 @@ from sse_wsgi.redis import RedisBroker
 from sse_wsgi.redis.broker import SOCKET_TIMEOUT
 from sse_wsgi.redis.keys import channel_keys
 from sse_wsgi.testing import EventStreamParser, ReceivedEvent
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  (the fixture)
-from tests.relay import Relay
+from tests.support.redis_server import RedisServer
+from tests.support.relay import Relay
 
 KEY = "sse_wsgi"  # the broker's default key prefix
 
@@ -132,7 +132,7 @@ def without_lost(events: list[ReceivedEvent]) -> list[ReceivedEvent]:
 @pytest.mark.redis
 @pytest.mark.timeout(60)
 def test_a_busy_reply_on_the_receiving_link_replaces_it_and_its_channels_get_every_later_event(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Fault: a Lua script runs past the busy-reply threshold, so Redis answers ``-BUSY`` to the SUBSCRIBE that
@@ -193,7 +193,7 @@ HEALTH_CHECK = 2.0  # seconds
 @pytest.mark.redis
 @pytest.mark.timeout(60)
 def test_a_silent_relay_is_noticed_within_the_health_check_and_every_event_arrives_in_order(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: the path to Redis freezes (``Relay.silence()``: no FIN, no RST, no byte either way), as behind a
     frozen host, a partition or a NAT that dropped its mapping; new connections get through again."""
@@ -267,7 +267,7 @@ def freeze(admin: redis.Redis, seconds: int) -> tuple[str, Background]:
 @pytest.mark.redis
 @pytest.mark.timeout(60)
 def test_a_publish_that_times_out_raises_outcome_unknown_and_its_retry_with_the_key_publishes_it_once(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: Redis stops answering (``DEBUG SLEEP 6``) for longer than the library's socket timeout (5 s) while
     a publish waits for its reply; on waking it runs the publish, whose client has given up."""
@@ -315,7 +315,7 @@ def test_a_publish_that_times_out_raises_outcome_unknown_and_its_retry_with_the_
 @pytest.mark.redis
 @pytest.mark.timeout(30)
 def test_a_publish_repeated_with_the_same_idempotency_key_returns_the_first_id_and_stores_one_event(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: none (the retry a caller makes after a failure it could not judge): the same publish, twice."""
     with admin_client(redis_server) as admin, Publisher.from_url(redis_server.url) as publisher:
@@ -365,7 +365,7 @@ def fill(admin: redis.Redis) -> None:
 @pytest.mark.redis
 @pytest.mark.timeout(60)
 def test_a_full_redis_refuses_a_publish_as_not_published_and_a_held_stream_gets_a_retry_hint_not_a_500(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: Redis is full (``maxmemory`` reached with ``noeviction``): every write gets ``-OOM``."""
     from werkzeug.test import Client
@@ -404,7 +404,7 @@ def test_a_full_redis_refuses_a_publish_as_not_published_and_a_held_stream_gets_
 @pytest.mark.redis
 @pytest.mark.timeout(30)
 def test_a_resume_after_the_history_expired_is_no_loss_and_the_loss_after_the_metadata_expired_is_told_once(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: a channel's data expires (history_ttl 1 s): first its history (the metadata outlives it), then
     its metadata too."""
@@ -446,7 +446,7 @@ def test_a_resume_after_the_history_expired_is_no_loss_and_the_loss_after_the_me
 @pytest.mark.redis
 @pytest.mark.timeout(30)
 def test_a_resume_with_the_id_of_fewer_channels_replays_what_each_of_them_missed(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: the page joined a channel while away: its Last-Event-ID names [a, b], the stream is [a, b, c]."""
     with Publisher.from_url(redis_server.url) as publisher:
@@ -492,7 +492,7 @@ def read_until(
 @pytest.mark.redis
 @pytest.mark.timeout(60)
 def test_an_http_resume_on_32_long_channels_with_an_id_over_256_characters_replays_each_event_once(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Fault: the browser reconnects (its stream was cut) with a Last-Event-ID that names 32 channels of 200
     characters each, far longer than 256 characters."""
